@@ -1,0 +1,266 @@
+"""The trainers against independent oracles: torch.optim loops, materialised Jacobians, closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.oracles import dense_jacobian, flat_params, outputs_at, tiny_config
+from trainables import Trial, batch_indices
+from trainables.linearise import loss_fn
+
+
+def _run_steps(trial: Trial, steps: int) -> list[torch.Tensor]:
+    """Drive a trial step by step; return θ after every step (flattened)."""
+    thetas = []
+    gen = trial.records()
+    next(gen)  # step-0 record
+    n = len(trial.data.y_train)
+    for _ in range(steps):
+        idx = batch_indices(trial.cfg.seed, n, trial.cfg.batch_size, trial.step)
+        loss = trial._train_step(trial.data.x_train[idx], trial.data.y_train[idx])
+        trial.step += 1
+        trial._after_step(loss)
+        thetas.append(flat_params(trial.model))
+    return thetas
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        dict(optimizer="sgd", momentum=0.0),
+        dict(optimizer="sgd", momentum=0.9),
+        dict(optimizer="adam", lr=1e-2),
+    ],
+)
+def test_k1_reproduces_plain_record_for_record(opt):
+    cfg = tiny_config(**opt)
+    plain = list(Trial({**cfg, "trainer": "plain"}).records())
+    lin = list(Trial({**cfg, "trainer": "linearised", "k": 1}).records())
+    assert len(plain) == len(lin) == 4
+    for a, b in zip(plain, lin, strict=True):
+        for key in ("step", "feature_updates", "train_loss", "test_loss", "test_acc", "batch_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-12, abs=1e-12, nan_ok=True), key
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        dict(optimizer="sgd", lr=0.1, momentum=0.0),
+        dict(optimizer="sgd", lr=0.1, momentum=0.9),
+        dict(optimizer="adam", lr=1e-2),
+    ],
+)
+def test_plain_reproduces_handwritten_torch_optim_loop(opt):
+    cfg = tiny_config(trainer="plain", **opt)
+    trial = Trial(cfg)
+    thetas = _run_steps(trial, 25)
+
+    # the oracle: an independently built model with the same init, a plain torch.optim loop
+    oracle = Trial(cfg).model
+    params = list(oracle.parameters())
+    if opt["optimizer"] == "adam":
+        optim = torch.optim.Adam(params, lr=opt["lr"])
+    else:
+        optim = torch.optim.SGD(params, lr=opt["lr"], momentum=opt["momentum"])
+    data = trial.data
+    for step in range(25):
+        idx = batch_indices(cfg.get("seed", 0), len(data.y_train), cfg["batch_size"], step)
+        optim.zero_grad()
+        torch.nn.functional.cross_entropy(oracle(data.x_train[idx]), data.y_train[idx]).backward()
+        optim.step()
+        torch.testing.assert_close(flat_params(oracle), thetas[step], rtol=1e-12, atol=1e-12)
+
+
+def test_k_inf_output_is_first_order_taylor_expansion_at_init():
+    cfg = tiny_config(k="inf", lr=0.2, total_steps=40)
+    trial = Trial(cfg)
+    theta0 = flat_params(trial.model)
+    x = trial.data.x_test[:20]
+    J = dense_jacobian(trial.model, theta0, x)  # (n·c) × P at θ₀
+    f0 = outputs_at(trial.model, theta0, x)
+    for rec in trial.records():
+        theta = flat_params(trial.model)
+        expected = f0 + (J @ (theta - theta0)).view_as(f0)
+        torch.testing.assert_close(trial.predict(x), expected, rtol=1e-10, atol=1e-10)
+        assert rec["feature_updates"] == 0
+    assert (theta - theta0).norm() > 0.1  # the parameters really moved far from θ₀
+    # and the network itself is NOT its linearisation there, so the check above has teeth
+    assert (outputs_at(trial.model, theta, x) - expected).abs().max() > 1e-3
+
+
+def test_linearised_gradient_is_jacobian_transpose_times_output_gradient():
+    cfg = tiny_config(k=7, lr=0.3)
+    trial = Trial(cfg)
+    _run_steps(trial, 3)  # mid-phase: θ ≠ θ_s
+    from trainables.loop import _delta
+
+    x, y = trial.data.x_train[:16], trial.data.y_train[:16]
+    from trainables.linearise import linearised_grad
+
+    grads, _, f_lin = linearised_grad(
+        trial.model, trial.theta_s, _delta(trial.theta, trial.theta_s), x, y, "cross_entropy"
+    )
+    theta_s = torch.cat([t.reshape(-1) for t in trial.theta_s.values()])
+    theta = flat_params(trial.model)
+    J = dense_jacobian(trial.model, theta_s, x)
+    f_lin_oracle = (outputs_at(trial.model, theta_s, x).reshape(-1) + J @ (theta - theta_s)).view(
+        16, -1
+    )
+    torch.testing.assert_close(f_lin, f_lin_oracle, rtol=1e-10, atol=1e-12)
+    f = f_lin_oracle.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss_fn("cross_entropy", f, y), f)
+    torch.testing.assert_close(
+        torch.cat([t.reshape(-1) for t in grads]), J.T @ g.reshape(-1), rtol=1e-10, atol=1e-12
+    )
+
+
+def test_model_linear_in_parameters_gives_the_same_trajectory_for_every_k():
+    records = {}
+    for k in (1, 3, 10, "inf"):
+        cfg = tiny_config(depth=0, k=k, optimizer="sgd", momentum=0.9, lr=0.2)
+        trial = Trial(cfg)
+        records[k] = (list(trial.records()), flat_params(trial.model))
+    ref_records, ref_theta = records[1]
+    for k, (recs, theta) in records.items():
+        torch.testing.assert_close(theta, ref_theta, rtol=1e-10, atol=1e-12)
+        for a, b in zip(recs, ref_records, strict=True):
+            assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-10)
+        assert recs[-1]["feature_updates"] == (0 if k == "inf" else 30 // k)
+
+
+def test_il_with_k_inf_converges_to_min_norm_gauss_newton_step_for_mse():
+    """Gradient flow on the linearised least-squares problem from δ=0 → δ = −J⁺r: the GN step
+    with η=1, λ→0. Checked against torch.linalg.pinv of a materialised Jacobian."""
+    cfg = tiny_config(
+        loss="mse", k="inf", batch_size=0, n_train=12, width=16, lr=0.5, total_steps=4000, eval_every=4000,
+        probe_size=0,
+    )  # fmt: skip
+    trial = Trial(cfg)
+    x, y = trial.data.x_train, trial.data.y_train
+    theta0 = flat_params(trial.model)
+    J = dense_jacobian(trial.model, theta0, x)  # 48 × P, P ≫ 48: underdetermined
+    r = (outputs_at(trial.model, theta0, x) - torch.nn.functional.one_hot(y, 4).to(J)).reshape(-1)
+    min_norm_step = -torch.linalg.pinv(J) @ r
+    list(trial.records())
+    delta = flat_params(trial.model) - theta0
+    torch.testing.assert_close(delta, min_norm_step, rtol=1e-4, atol=1e-6)
+
+    # the same direction from the Gauss-Newton trainer's exact solver at λ = 0, η = 1
+    from trainables.gauss_newton import gauss_newton_direction
+
+    gn = Trial({**cfg, "trainer": "gauss_newton", "lr": 1.0, "damping": 0.0, "solver": "exact"})
+    d, _, _ = gauss_newton_direction(gn.model, gn.theta, x, y, "mse", 0.0, solver="exact")
+    torch.testing.assert_close(
+        -torch.cat([t.reshape(-1) for t in d.values()]), min_norm_step, rtol=1e-8, atol=1e-10
+    )
+
+
+def test_feature_update_counts_and_schedules():
+    def final(**kw):
+        return list(Trial(tiny_config(probe_size=0, **kw)).records())[-1]["feature_updates"]
+
+    assert final(k=10, total_steps=60, eval_every=60) == 6  # moves after steps 10…60: N = T/K
+    assert final(k=7, total_steps=60, eval_every=60) == 8
+    assert final(k="inf", total_steps=60) == 0
+    assert final(k=60, total_steps=60) == 0  # K ≥ T is K = ∞
+    assert final(k=1, total_steps=60) == 60
+    assert (
+        final(k=4, schedule="geometric", growth=2.0, total_steps=60) == 4
+    )  # after steps 4, 12, 28, 60
+    assert final(schedule="one_shot", one_shot_at=13, total_steps=60) == 13
+    assert final(trainer="plain", total_steps=20) == 20
+
+
+def test_one_shot_is_plain_then_a_fixed_linearisation():
+    cfg = tiny_config(schedule="one_shot", one_shot_at=12, total_steps=30, lr=0.2)
+    trial = Trial(cfg)
+    thetas = _run_steps(trial, 30)
+    plain = Trial({**cfg, "trainer": "plain"})
+    plain_thetas = _run_steps(plain, 12)
+    torch.testing.assert_close(thetas[11], plain_thetas[11], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        torch.cat([t.reshape(-1) for t in trial.theta_s.values()]), thetas[11]
+    )
+    assert trial.feature_updates == 12
+
+
+def test_solve_to_convergence_ends_phases_before_the_cap():
+    cfg = tiny_config(
+        k=400, solve_to_convergence=True, batch_size=0, total_steps=400, eval_every=400, lr=0.5,
+        convergence_patience=10, convergence_rtol=1e-3, optimizer="adam", probe_size=0,
+    )  # fmt: skip
+    capped = list(Trial({**cfg, "solve_to_convergence": False}).records())[-1]
+    converged = list(Trial(cfg).records())[-1]
+    assert capped["feature_updates"] == 0  # k = T is K = ∞ without convergence moves
+    assert converged["feature_updates"] >= 2  # each linear model trained until it stalled
+
+
+def test_reset_optimizer_clears_momentum_at_feature_updates():
+    cfg = tiny_config(k=5, momentum=0.9, total_steps=10)
+    keep, reset = Trial(cfg), Trial({**cfg, "reset_optimizer": True})
+    a, b = _run_steps(keep, 10), _run_steps(reset, 10)
+    torch.testing.assert_close(a[4], b[4], rtol=1e-12, atol=1e-12)  # identical up to the first move
+    assert (a[5] - b[5]).norm() > 1e-6  # then the momentum buffer differs
+
+
+def test_divergence_ends_cleanly_with_a_flagged_record():
+    recs = list(
+        Trial(tiny_config(lr=1e6, loss="mse", total_steps=200, eval_every=10, k=1)).records()
+    )
+    assert recs[-1]["diverged"] is True
+    assert recs[-1]["step"] < 200
+    assert not any(r["diverged"] for r in recs[:-1])
+
+
+def test_same_config_and_seed_give_identical_records():
+    def clean(recs):
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in recs]
+
+    cfg = tiny_config(k=5, momentum=0.5)
+    a, b = clean(Trial(cfg).records()), clean(Trial(cfg).records())
+    assert a == b or all(
+        (x == y) or (isinstance(x, float) and math.isnan(x) and math.isnan(y))
+        for ra, rb in zip(a, b, strict=True)
+        for x, y in zip(ra.values(), rb.values(), strict=True)
+    )
+    c = clean(Trial({**cfg, "seed": 1}).records())
+    assert c[-1]["test_loss"] != a[-1]["test_loss"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(k=4, optimizer="adam", lr=1e-2, measure_every=5),
+        dict(k=4, momentum=0.9, reset_optimizer=True),
+        dict(trainer="plain", momentum=0.9),
+        dict(trainer="gauss_newton", lr=0.5, damping=0.1, solver="cg", probe_size=0),
+        dict(solve_to_convergence=True, k=8, convergence_patience=3, batch_size=0),
+        dict(schedule="geometric", k=2),
+    ],
+)
+def test_save_and_restore_continues_with_the_records_of_an_unbroken_run(overrides, tmp_path):
+    cfg = tiny_config(eval_every=5, **overrides)
+    unbroken = list(Trial(cfg).records())
+    trial = Trial(cfg)
+    head = []
+    for rec in trial.records():
+        head.append(rec)
+        if rec["step"] == 10:
+            torch.save(trial.state_dict(), tmp_path / "state.pt")
+            break
+    restored = Trial(cfg)
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    tail = list(restored.records())
+    resumed = head + tail
+    assert [r["step"] for r in resumed] == [r["step"] for r in unbroken]
+    for a, b in zip(resumed, unbroken, strict=True):
+        for key, value in b.items():
+            if key == "elapsed_s":
+                continue
+            if isinstance(value, float) and math.isnan(value):
+                assert math.isnan(a[key]), key
+            else:
+                assert a[key] == value, (key, a["step"])

@@ -1,0 +1,56 @@
+"""Measures of feature learning on a fixed probe batch, from the empirical NTK.
+
+The kernel measured is the tangent kernel of the model being trained: for iterative
+linearisation that is K(θ_s), the kernel at the current linearisation point (constant within a
+phase, so K=∞ measures exactly 0 kernel change); for plain and Gauss-Newton training it is K(θ).
+
+Kernels (n × n on the probe batch):
+- ``trace``: Σ_c J_c J_cᵀ, the trace over outputs of the full n·c × n·c NTK; costs n·c VJPs.
+- ``projected``: (vᵀJ)(vᵀJ)ᵀ for a fixed random unit output direction v; costs n VJPs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.jacobian import Params, jacobian, projected_jacobian
+
+
+def empirical_ntk(
+    model: nn.Module, params: Params, x: torch.Tensor, kind: str, v_C: torch.Tensor
+) -> torch.Tensor:
+    """The n × n probe kernel of the given kind ("trace" or "projected")."""
+    if kind == "trace":
+        J_NxCxP = jacobian(model, params, x)
+        return torch.einsum("ncp,mcp->nm", J_NxCxP, J_NxCxP)
+    J_NxP = projected_jacobian(model, params, x, v_C)
+    return J_NxP @ J_NxP.T
+
+
+def kernel_distance(K1: torch.Tensor, K2: torch.Tensor) -> float:
+    """Fort et al. 2020: S = 1 − ⟨K₁,K₂⟩_F / (‖K₁‖_F ‖K₂‖_F)."""
+    K1, K2 = K1.double(), K2.double()
+    cos = (K1 * K2).sum() / (K1.norm() * K2.norm())
+    return float(1 - cos)
+
+
+def centred_alignment(K: torch.Tensor, Y_NxC: torch.Tensor) -> float:
+    """Centred kernel–target alignment ⟨HKH, HYYᵀH⟩_F / (‖HKH‖_F ‖HYYᵀH‖_F), H = I − 11ᵀ/n."""
+    K, Y_NxC = K.double(), Y_NxC.double()
+    Kc = K - K.mean(0, keepdim=True) - K.mean(1, keepdim=True) + K.mean()
+    Yc = Y_NxC - Y_NxC.mean(0, keepdim=True)  # HY, so HYYᵀH = Yc Ycᵀ
+    T = Yc @ Yc.T
+    return float((Kc * T).sum() / (Kc.norm() * T.norm()))
+
+
+def relative_change(a: Params, b: Params) -> float:
+    """‖a − b‖ / ‖b‖ over all parameters."""
+    num = sum(float((a[k].detach() - b[k].detach()).pow(2).sum()) for k in b)
+    den = sum(float(t.detach().pow(2).sum()) for t in b.values())
+    return (num / den) ** 0.5 if den > 0 else float("nan")
+
+
+def probe_targets(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    return F.one_hot(y, num_classes).to(dtype)
