@@ -31,6 +31,8 @@ def empirical_ntk(
 
 def kernel_distance(K1: torch.Tensor, K2: torch.Tensor) -> float:
     """Fort et al. 2020: S = 1 − ⟨K₁,K₂⟩_F / (‖K₁‖_F ‖K₂‖_F)."""
+    if K1 is K2 or torch.equal(K1, K2):
+        return 0.0  # the same kernel: exactly no change, not a rounding error away from it
     K1, K2 = K1.double(), K2.double()
     cos = (K1 * K2).sum() / (K1.norm() * K2.norm())
     return float(1 - cos)

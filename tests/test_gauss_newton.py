@@ -1,0 +1,160 @@
+"""Damped Gauss-Newton against a materialised JᵀHJ and dense solves, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call, jvp, vjp
+
+from tests.oracles import (
+    dense_jacobian,
+    dense_loss_grad,
+    dense_output_hessian,
+    flat_params,
+    tiny_config,
+)
+from trainables import Trial
+from trainables.gauss_newton import choose_solver, conjugate_gradient, gauss_newton_direction
+from trainables.jacobian import flatten, unflatten
+from trainables.linearise import output_hessian, output_hessian_vp
+
+LOSSES = ("cross_entropy", "mse")
+
+
+def _problem(loss: str, n: int = 10, seed: int = 0):
+    trial = Trial(tiny_config(loss=loss, seed=seed, width=6))
+    x, y = trial.data.x_train[:n], trial.data.y_train[:n]
+    theta = flat_params(trial.model)
+    J = dense_jacobian(trial.model, theta, x)
+    out = functional_call(trial.model, dict(trial.model.named_parameters()), (x,)).detach()
+    H = dense_output_hessian(loss, out)
+    G = J.T @ H @ J
+    grad = dense_loss_grad(trial.model, theta, x, y, loss)
+    return trial, x, y, G, grad
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_output_hessian_closed_form_matches_autograd_hessian(loss):
+    out = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(output_hessian(loss, out), dense_output_hessian(loss, out))
+    v = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(
+        output_hessian_vp(loss, out, v).reshape(-1), dense_output_hessian(loss, out) @ v.reshape(-1)
+    )
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_ggn_vector_product_matches_materialised_JtHJ(loss):
+    trial, x, _, G, _ = _problem(loss)
+    params = {k: v.detach() for k, v in trial.model.named_parameters()}
+
+    def f(p):
+        return functional_call(trial.model, p, (x,))
+
+    out, vjp_fn = vjp(f, params)
+    v = torch.randn(G.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    _, jv = jvp(f, (params,), (unflatten(v, params),))  # the same three pieces the CG solver uses
+    gv = flatten(vjp_fn(output_hessian_vp(loss, out, jv))[0])
+    torch.testing.assert_close(gv, G @ v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("damping", [1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e3])
+def test_exact_step_matches_dense_damped_solve(loss, damping):
+    trial, x, y, G, grad = _problem(loss)
+    expected = torch.linalg.solve(G + damping * torch.eye(G.shape[0], dtype=G.dtype), grad)
+    d, _, info = gauss_newton_direction(
+        trial.model, dict(trial.model.named_parameters()), x, y, loss, damping, solver="exact"
+    )
+    assert info.solver == "exact"
+    torch.testing.assert_close(flatten(d), expected, rtol=1e-6, atol=1e-9 * expected.norm().item())
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_exact_step_at_zero_damping_is_pseudo_inverse(loss):
+    trial, x, y, G, grad = _problem(loss)
+    expected = torch.linalg.pinv(G, hermitian=True, rtol=1e-10) @ grad
+    d, _, _ = gauss_newton_direction(
+        trial.model, dict(trial.model.named_parameters()), x, y, loss, 0.0, solver="exact"
+    )
+    torch.testing.assert_close(flatten(d), expected, rtol=1e-5, atol=1e-8 * expected.norm().item())
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("damping", [1e-2, 1.0, 1e2])
+def test_cg_matches_exact_at_moderate_damping(loss, damping):
+    trial, x, y, _, _ = _problem(loss)
+    params = dict(trial.model.named_parameters())
+    exact, _, _ = gauss_newton_direction(trial.model, params, x, y, loss, damping, solver="exact")
+    cg, _, info = gauss_newton_direction(
+        trial.model, params, x, y, loss, damping, solver="cg", cg_tol=1e-10, cg_max_iter=2000
+    )
+    assert info.solver == "cg" and info.residual <= 1e-10
+    torch.testing.assert_close(
+        flatten(cg), flatten(exact), rtol=1e-7, atol=1e-9 * flatten(exact).norm().item()
+    )
+
+
+def test_relative_damping_is_in_units_of_mean_diag_of_G():
+    trial, x, y, G, grad = _problem("cross_entropy")
+    params = dict(trial.model.named_parameters())
+    lam = 0.3 * G.diagonal().mean().item()
+    expected = torch.linalg.solve(G + lam * torch.eye(G.shape[0], dtype=G.dtype), grad)
+    d, _, info = gauss_newton_direction(
+        trial.model, params, x, y, "cross_entropy", 0.3, "relative", "exact"
+    )
+    assert info.damping == pytest.approx(lam, rel=1e-10)
+    torch.testing.assert_close(flatten(d), expected, rtol=1e-8, atol=1e-12)
+    _, _, info_cg = gauss_newton_direction(
+        trial.model, params, x, y, "cross_entropy", 0.3, "relative", "cg"
+    )
+    assert info_cg.damping == pytest.approx(lam, rel=0.5)  # Hutchinson estimate of tr(G)/P
+
+
+def test_conjugate_gradient_solves_spd_system_and_counts_iterations():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(30, 30, dtype=torch.float64, generator=g)
+    A = A @ A.T + 0.1 * torch.eye(30, dtype=torch.float64)
+    b = torch.randn(30, dtype=torch.float64, generator=g)
+    x, iters, rel = conjugate_gradient(lambda v: A @ v, b, 1e-12, 1000)
+    torch.testing.assert_close(x, torch.linalg.solve(A, b))
+    assert 0 < iters <= 1000 and rel <= 1e-12
+    _, capped, rel_capped = conjugate_gradient(lambda v: A @ v, b, 1e-12, 3)
+    assert capped == 3 and rel_capped > 1e-12
+
+
+def test_gauss_newton_trainer_takes_damped_steps():
+    cfg = tiny_config(
+        trainer="gauss_newton",
+        lr=0.5,
+        damping=0.1,
+        solver="exact",
+        total_steps=3,
+        eval_every=1,
+        probe_size=0,
+    )
+    trial = Trial(cfg)
+    gen = trial.records()
+    next(gen)
+    from trainables import batch_indices
+
+    for step in range(3):
+        theta = flat_params(trial.model)
+        idx = batch_indices(0, len(trial.data.y_train), 16, step)
+        x, y = trial.data.x_train[idx], trial.data.y_train[idx]
+        J = dense_jacobian(trial.model, theta, x)
+        out = functional_call(trial.model, dict(trial.model.named_parameters()), (x,)).detach()
+        G = J.T @ dense_output_hessian("cross_entropy", out) @ J
+        grad = dense_loss_grad(trial.model, theta, x, y, "cross_entropy")
+        expected = theta - 0.5 * torch.linalg.solve(
+            G + 0.1 * torch.eye(len(theta), dtype=G.dtype), grad
+        )
+        rec = next(gen)
+        assert rec["step"] == step + 1 and rec["feature_updates"] == step + 1
+        torch.testing.assert_close(flat_params(trial.model), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_auto_solver_picks_exact_for_small_systems_and_cg_for_large():
+    assert choose_solver("auto", 10, 4, 1000, 4096) == "exact"
+    assert choose_solver("auto", 1000, 10, 1000, 4096) == "cg"
+    assert choose_solver("exact", 1000, 10, 1000, 4096) == "exact"
