@@ -82,7 +82,8 @@ class TrialConfig:
 
     # ---- model --------------------------------------------------------------------------
     model: str = field(default="mlp", metadata=_choice(*MODELS))
-    width: int = 128  # MLP hidden units; CNN channels in the first block (then ×2, ×4, ×4)
+    width: int = 128  # MLP hidden units per layer
+    channels: int = 32  # CNN channels in the first block (then ×2, ×4, ×4): ~250k parameters
     depth: int = 2  # MLP hidden layers (0 = a linear model, linear in its parameters)
     activation: str = field(default="relu", metadata=_choice(*ACTIVATIONS))
     norm: str = field(
@@ -141,13 +142,13 @@ class TrialConfig:
 
     def _check(self) -> None:
         def bad(key: str, rule: str) -> ValueError:
-            return ValueError(f"{key}={getattr(self, key)!r}: {rule}")
+            return ValueError(f"{key}={getattr(self, key)}: {rule}")
 
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise bad(f.name, f"must be one of {', '.join(choices)}")
-        positive = ("total_steps", "eval_every", "width", "cg_max_iter", "exact_max_dim",
+        positive = ("total_steps", "eval_every", "width", "channels", "cg_max_iter", "exact_max_dim",
                     "convergence_patience")  # fmt: skip
         for key in positive:
             if getattr(self, key) < 1:
@@ -189,28 +190,28 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             return value.lower() in ("true", "1", "yes")
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise ValueError(f"{name}={value!r}: must be true or false")
+        raise ValueError(f"{name}={value}: must be true or false")
     if kind is int:
         number = _number(name, value, "an int")
         if not float(number).is_integer():
-            raise ValueError(f"{name}={value!r}: must be an int")
+            raise ValueError(f"{name}={value}: must be an int")
         return int(number)
     if kind is float:
         return float(_number(name, value, "a number"))
     if not isinstance(value, str):
-        raise ValueError(f"{name}={value!r}: must be a string")
+        raise ValueError(f"{name}={value}: must be a string")
     return value
 
 
 def _number(name: str, value: Any, what: str) -> float:
     if isinstance(value, bool):
-        raise ValueError(f"{name}={value!r}: must be {what}")
+        raise ValueError(f"{name}={value}: must be {what}")
     if isinstance(value, int | float):
         return value
     try:
         return float(str(value)) if "." in str(value) or "e" in str(value).lower() else int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r}: must be {what}") from None
+        raise ValueError(f"{name}={value}: must be {what}") from None
 
 
 def _coerce_k(value: Any) -> float:
@@ -218,15 +219,15 @@ def _coerce_k(value: Any) -> float:
     if isinstance(value, str) and value.strip().lower() in INF_WORDS:
         return math.inf
     if isinstance(value, bool):
-        raise ValueError(f"k={value!r}: {rule}")
+        raise ValueError(f"k={value}: {rule}")
     if isinstance(value, float) and math.isinf(value) and value > 0:
         return math.inf
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"k={value!r}: {rule}") from None
+        raise ValueError(f"k={value}: {rule}") from None
     if not (math.isfinite(number) and number.is_integer() and number >= 1):
-        raise ValueError(f"k={value!r}: {rule}")
+        raise ValueError(f"k={value}: {rule}")
     return int(number)
 
 

@@ -40,14 +40,14 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """Four 3×3 conv blocks (width·1, 2, 4, 4 channels), two 2×2 average pools, global average pool.
+    """Four 3×3 conv blocks (channels·1, 2, 4, 4), two 2×2 average pools, global average pool.
 
-    With width=32 this is ~250k parameters, the paper's scale; it adapts to 32×32, 28×28 and 8×8.
+    With channels=32 this is ~250k parameters, the paper's scale; it adapts to 32×32, 28×28 and 8×8.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, width: int, act: str, norm: str):
+    def __init__(self, in_channels: int, num_classes: int, channels: int, act: str, norm: str):
         super().__init__()
-        chans = [in_channels, width, 2 * width, 4 * width, 4 * width]
+        chans = [in_channels, channels, 2 * channels, 4 * channels, 4 * channels]
         layers: list[nn.Module] = []
         for i in range(4):
             layers += [
@@ -76,7 +76,9 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(30_000 + cfg.seed)
         if cfg.model == "cnn":
-            model: nn.Module = CNN(input_shape[0], num_classes, cfg.width, cfg.activation, cfg.norm)
+            model: nn.Module = CNN(
+                input_shape[0], num_classes, cfg.channels, cfg.activation, cfg.norm
+            )
         else:
             dim = math.prod(input_shape)
             model = MLP(dim, num_classes, cfg.width, cfg.depth, cfg.activation, cfg.norm)
