@@ -1,0 +1,22 @@
+"""The paper's main figure: test accuracy against K, the steps between feature updates."""
+
+from __future__ import annotations
+
+from search_spaces.space import Space
+
+SPACE = Space(
+    name="k_sweep",
+    description="IL test accuracy vs K in {1,10,100,1000,inf} x 3 seeds at fixed T (main figure)",
+    fixed={
+        "trainer": "linearised",
+        "optimizer": "sgd",
+        "total_steps": 2000,  # T: optimiser steps per trial
+        "eval_every": 100,  # steps between records
+    },
+    grid={
+        "k": [1, 10, 100, 1000, "inf"],  # steps between feature updates; inf = never
+        "seed": [0, 1, 2],
+    },
+    seconds_per_trial=6.0,
+    smoke={"total_steps": 40, "eval_every": 10, "k": [1, "inf"], "seed": [0]},
+)

@@ -1,0 +1,25 @@
+"""Optuna over the learning rate (log-uniform) and K (choice) for IL."""
+
+from __future__ import annotations
+
+from search_spaces.space import Choice, LogUniform, Space
+
+SPACE = Space(
+    name="optuna_lr_k",
+    description="Optuna (TPE) over lr log-uniform in [1e-4, 1] and K in {1..inf} for IL",
+    fixed={
+        "trainer": "linearised",
+        "optimizer": "sgd",
+        "total_steps": 1000,
+        "eval_every": 100,
+        "seed": 0,
+    },
+    distributions={
+        "lr": LogUniform(1e-4, 1.0),
+        "k": Choice((1, 10, 100, 1000, "inf")),
+    },
+    searcher="optuna",
+    num_samples=20,  # trials the searcher proposes
+    seconds_per_trial=3.0,
+    smoke={"total_steps": 20, "eval_every": 10},
+)

@@ -1,0 +1,87 @@
+"""The `Space` record: what one named study sweeps, as plain data."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+SEARCHERS = ("grid", "random", "optuna")
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    """A float drawn log-uniformly from [low, high]."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """A float drawn uniformly from [low, high]."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a finite list of values, drawn uniformly."""
+
+    values: tuple[Any, ...]
+
+
+Distribution = LogUniform | Uniform | Choice
+
+
+@dataclass(frozen=True)
+class Space:
+    """A named study: fixed trial-config keys, swept keys, and how to search them.
+
+    Every key in `fixed`, `grid` and `distributions` is a trial-config key
+    (`trainables.TrialConfig`); the space holds no code, only values.
+    """
+
+    name: str
+    description: str  # one line, shown by `--list`
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # held constant
+    grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # cross product
+    distributions: Mapping[str, Distribution] = field(default_factory=dict)  # sampled
+    metric: str = "test_acc"  # what "best" means in progress lines and searchers
+    mode: str = "max"
+    searcher: str = "grid"  # default searcher: grid | random | optuna
+    num_samples: int = 1  # grid: repeats with fresh seeds; random/optuna: trials
+    seconds_per_trial: float = 5.0  # measured mean wall time of one trial, 1 CPU, digits
+    smoke: Mapping[str, Any] = field(default_factory=dict)  # --smoke: list → grid, else fixed
+    trainable: str = "ilstudy_trial"  # name registered by trainables.ray_trainable
+
+    def grid_size(self) -> int:
+        """Number of points in the cross product of `grid` (1 when empty)."""
+        return math.prod(len(v) for v in self.grid.values()) if self.grid else 1
+
+    def allowed_searchers(self) -> tuple[str, ...]:
+        """Grid search cannot draw from continuous distributions."""
+        continuous = any(not isinstance(d, Choice) for d in self.distributions.values())
+        return ("random", "optuna") if continuous else SEARCHERS
+
+    def smoke_version(self) -> Space:
+        """The same space shrunk by its `smoke` overrides, to run in seconds."""
+        fixed, grid = dict(self.fixed), dict(self.grid)
+        distributions = dict(self.distributions)
+        for key, value in self.smoke.items():
+            fixed.pop(key, None)
+            grid.pop(key, None)
+            distributions.pop(key, None)
+            if isinstance(value, list | tuple):
+                grid[key] = list(value)
+            else:
+                fixed[key] = value
+        return replace(
+            self,
+            fixed=fixed,
+            grid=grid,
+            distributions=distributions,
+            num_samples=min(self.num_samples, 3) if self.searcher != "grid" else 1,
+        )

@@ -1,0 +1,181 @@
+"""Connecting to Ray (embedded or a cluster), and checking resources and storage against it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from study.errors import StudyError
+from study.storage import Storage
+
+CONNECT_TIMEOUT_S = 3.0
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_PACKAGES = ("study", "trainables", "search_spaces")  # what every node must import
+
+# Quiet workers and Tune's own console output; our progress line is the output.
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+# The embedded Ray binds to 127.0.0.1 only when this is 0; must be set before `import ray`.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """`host:port` of a cluster's head (from `ray start --head --port=PORT`)."""
+    host, sep, port = address.strip().rpartition(":")
+    if address.startswith("ray://"):
+        raise StudyError(
+            f"--address {address}: Ray Client (ray://) is not supported; give the head's "
+            "GCS address host:port, as printed by `ray start --head`"
+        )
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StudyError(f"--address {address!r}: expected host:port, e.g. 10.0.0.5:6379")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast (seconds, not minutes) when nothing listens at the cluster address."""
+    host, port = parse_address(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise StudyError(
+            f"--address {address}: cannot reach a Ray cluster there ({reason} within "
+            f"{timeout:.0f} s); start one with `ray start --head --port={port}` or fix the address"
+        ) from None
+
+
+@dataclass
+class Connection:
+    """A Ray connection; `owned` when this process started it and must shut it down."""
+
+    address: str | None
+    owned: bool
+
+    def close(self) -> None:
+        import ray
+
+        if self.owned and ray.is_initialized():
+            ray.shutdown()
+
+
+def runtime_env() -> dict[str, Any]:
+    """Ship the project's own packages to every node; dependencies must be installed there."""
+    return {
+        "py_modules": [str(_PROJECT_ROOT / name) for name in SHIPPED_PACKAGES],
+        "excludes": ["__pycache__", "*.pyc"],
+        "env_vars": dict(QUIET_ENV),
+    }
+
+
+def connect(address: str | None, verbose: bool = False) -> Connection:
+    """Attach to `address`, reuse an initialised Ray (tests), or start an embedded one."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        return Connection(address=address, owned=False)
+    common: dict[str, Any] = {
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+    }
+    if address:
+        ray.init(address=address, runtime_env=runtime_env(), **common)
+    else:
+        # address="local": never attach to a stale cluster (RAY_NOTES trap 7).
+        ray.init(address="local", include_dashboard=False, **common)
+    return Connection(address=address, owned=True)
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Refuse resources no node can give (Tune would otherwise wait for ever)."""
+    check_resource_values(cpus_per_trial, gpus_per_trial)
+    nodes = alive_nodes()
+    best_cpu = max((n["Resources"].get("CPU", 0.0) for n in nodes), default=0.0)
+    best_gpu = max((n["Resources"].get("GPU", 0.0) for n in nodes), default=0.0)
+    fits = [
+        n
+        for n in nodes
+        if n["Resources"].get("CPU", 0.0) >= cpus_per_trial
+        and n["Resources"].get("GPU", 0.0) >= gpus_per_trial
+    ]
+    if not fits:
+        raise StudyError(
+            f"no node can run a trial with --cpus-per-trial {cpus_per_trial:g} "
+            f"--gpus-per-trial {gpus_per_trial:g}: the largest node has {best_cpu:g} CPUs "
+            f"and {best_gpu:g} GPUs (allowed: up to those)"
+        )
+
+
+def check_resource_values(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Shape checks that need no cluster."""
+    if not (math.isfinite(cpus_per_trial) and cpus_per_trial > 0):
+        raise StudyError(
+            f"--cpus-per-trial {cpus_per_trial:g}: must be a number > 0, e.g. 1 or 0.5"
+        )
+    if not (math.isfinite(gpus_per_trial) and gpus_per_trial >= 0):
+        raise StudyError(f"--gpus-per-trial {gpus_per_trial:g}: must be a number >= 0, e.g. 0.25")
+    if gpus_per_trial > 1 and not float(gpus_per_trial).is_integer():
+        raise StudyError(
+            f"--gpus-per-trial {gpus_per_trial:g}: a fraction must be < 1; "
+            "above 1 use whole GPUs (Ray's rule)"
+        )
+
+
+def check_shared_storage(storage: Storage) -> None:
+    """On several nodes, every node must see the same local storage; URIs are shared."""
+    nodes = alive_nodes()
+    if len(nodes) < 2 or not storage.is_local:
+        return
+    if not os.path.isdir(storage.root):
+        raise StudyError(
+            f"--storage {storage.root} does not exist; on a multi-node cluster it must be a "
+            "shared directory mounted at the same path on every node, or a URI (s3://, gs://)"
+        )
+    probe = str(PurePosixPath(storage.root, f".ilstudy-probe-{uuid.uuid4().hex[:12]}"))
+    try:
+        Path(probe).touch()
+        blind = _nodes_not_seeing(probe, nodes)
+    finally:
+        Path(probe).unlink(missing_ok=True)
+    if blind:
+        raise StudyError(
+            f"--storage {storage.root} is not shared: node(s) {', '.join(blind)} cannot see it; "
+            "on a multi-node cluster use a shared filesystem mounted at the same path on "
+            "every node, or a URI such as s3://bucket/studies"
+        )
+
+
+def _nodes_not_seeing(path: str, nodes: list[dict[str, Any]]) -> list[str]:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def sees(p: str) -> bool:
+        return os.path.exists(p)
+
+    refs = {
+        n["NodeManagerAddress"] + "/" + n["NodeID"][:8]: sees.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(path)
+        for n in nodes
+    }
+    return [node for node, ref in refs.items() if not ray.get(ref, timeout=120)]

@@ -1,0 +1,166 @@
+"""From a space and the study's options to a validated Tune search (param space, searcher)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import search_spaces
+from search_spaces import Choice, LogUniform, Space, Uniform
+from study.errors import StudyError
+from study.spec import StudySpec
+from trainables import TrialConfig
+
+SEED_STRIDE = 1000  # repeat r of a grid uses seed + r·SEED_STRIDE
+_MAX_CHECKED = 20_000  # configs validated one by one before a study starts
+STARTUP_S = 10.0  # Ray start-up and the first trial actors, on 2 cores
+
+
+def get_space(name: str) -> Space:
+    try:
+        return search_spaces.get(name)
+    except KeyError:
+        raise StudyError(
+            f"unknown space {name!r}; allowed: {', '.join(search_spaces.names())} (see --list)"
+        ) from None
+
+
+def default_num_samples(space: Space, searcher: str) -> int:
+    """grid: one pass; random/optuna: the space's sample count, or its grid size."""
+    if searcher == "grid":
+        return 1
+    return space.num_samples if space.searcher != "grid" else space.grid_size()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated study: the effective space and how Tune will search it."""
+
+    space: Space  # after smoke, overrides and seed repeats
+    searcher: str
+    tune_num_samples: int
+    total_trials: int
+
+    @property
+    def metric(self) -> str:
+        return self.space.metric
+
+    @property
+    def mode(self) -> str:
+        return self.space.mode
+
+    def param_space(self) -> dict[str, Any]:
+        """Tune's param_space: fixed values plus grid_search / choice / distributions."""
+        from ray import tune
+
+        out: dict[str, Any] = dict(self.space.fixed)
+        for key, values in self.space.grid.items():
+            out[key] = (
+                tune.grid_search(list(values))
+                if self.searcher == "grid"
+                else tune.choice(list(values))
+            )
+        for key, dist in self.space.distributions.items():
+            if isinstance(dist, LogUniform):
+                out[key] = tune.loguniform(dist.low, dist.high)
+            elif isinstance(dist, Uniform):
+                out[key] = tune.uniform(dist.low, dist.high)
+            else:
+                out[key] = tune.choice(list(dist.values))
+        return out
+
+    def search_alg(self) -> Any:
+        """None for grid; a seeded random or Optuna searcher otherwise."""
+        if self.searcher == "grid":
+            return None
+        if self.searcher == "random":
+            from ray.tune.search import BasicVariantGenerator
+
+            return BasicVariantGenerator(random_state=0)
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=0)  # metric and mode are set once, in TuneConfig
+
+
+def build_plan(spec: StudySpec) -> Plan:
+    """Validate the spec against its space and the trial config; StudyError if anything is off."""
+    space = get_space(spec.space)
+    if spec.smoke:
+        space = space.smoke_version()
+    if spec.searcher not in space.allowed_searchers():
+        raise StudyError(
+            f"--searcher {spec.searcher} does not fit space {space.name!r}; "
+            f"allowed: {', '.join(space.allowed_searchers())}"
+        )
+    if not isinstance(spec.num_samples, int) or spec.num_samples < 1:
+        raise StudyError(f"--num-samples {spec.num_samples}: must be an int >= 1")
+    space = _apply_overrides(space, {**spec.overrides, "data_dir": spec.data_dir})
+    tune_num_samples = spec.num_samples
+    if spec.searcher == "grid" and spec.num_samples > 1:
+        space = _repeat_seeds(space, spec.num_samples)
+        tune_num_samples = 1
+    total = space.grid_size() if spec.searcher == "grid" else tune_num_samples
+    _check_configs(space)
+    return Plan(
+        space=space, searcher=spec.searcher, tune_num_samples=tune_num_samples, total_trials=total
+    )
+
+
+def _apply_overrides(space: Space, overrides: Mapping[str, Any]) -> Space:
+    """`--set key=value` fixes a key, replacing any sweep over it."""
+    fixed, grid = dict(space.fixed), dict(space.grid)
+    distributions = dict(space.distributions)
+    for key, value in overrides.items():
+        grid.pop(key, None)
+        distributions.pop(key, None)
+        fixed[key] = value
+    return dataclasses.replace(space, fixed=fixed, grid=grid, distributions=distributions)
+
+
+def _repeat_seeds(space: Space, repeats: int) -> Space:
+    base = space.grid.get("seed") or [space.fixed.get("seed", TrialConfig().seed)]
+    seeds = [seed + r * SEED_STRIDE for r in range(repeats) for seed in base]
+    fixed = {k: v for k, v in space.fixed.items() if k != "seed"}
+    return dataclasses.replace(space, fixed=fixed, grid={**space.grid, "seed": seeds})
+
+
+def _candidate_values(space: Space) -> dict[str, list[Any]]:
+    """Every value a swept key can take, with the end points of continuous ranges."""
+    values = {key: list(v) for key, v in space.grid.items()}
+    for key, dist in space.distributions.items():
+        values[key] = list(dist.values) if isinstance(dist, Choice) else [dist.low, dist.high]
+    return values
+
+
+def _combinations(space: Space) -> Iterator[dict[str, Any]]:
+    values = _candidate_values(space)
+    for combo in itertools.product(*values.values()):
+        yield {**space.fixed, **dict(zip(values, combo, strict=True))}
+
+
+def _check_configs(space: Space) -> None:
+    n = math.prod(len(v) for v in _candidate_values(space).values())
+    if n > _MAX_CHECKED:
+        raise StudyError(f"space {space.name!r} has {n} grid points; at most {_MAX_CHECKED}")
+    for mapping in _combinations(space):
+        try:
+            TrialConfig.from_mapping(mapping)
+        except ValueError as exc:
+            swept = {k: mapping[k] for k in _candidate_values(space)}
+            where = f" at {_show(swept)}" if swept else ""
+            raise StudyError(f"space {space.name!r}{where}: {exc}") from None
+
+
+def _show(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def estimate_seconds(space: Space, trials: int, cpus: float, cpus_per_trial: float = 1.0) -> float:
+    """Expected wall time on `cpus` CPUs: trials in waves, plus Ray's start-up."""
+    parallel = max(1, min(trials, int(cpus // max(cpus_per_trial, 1e-9))))
+    waves = math.ceil(trials / parallel)
+    return STARTUP_S + waves * space.seconds_per_trial

@@ -1,0 +1,286 @@
+"""The study service as a library: validate everything, then run or resume one study."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, TextIO
+
+from study.cluster import check_reachable, check_resource_values
+from study.errors import StudyError
+from study.plan import Plan, build_plan, default_num_samples, get_space
+from study.spec import StudySpec, check_same, now_iso
+from study.storage import (
+    StudyPaths,
+    check_fresh,
+    check_name,
+    check_resumable,
+    read_json,
+    resolve_storage,
+    write_json_atomic,
+)
+from trainables import TrialConfig, parse_override
+
+DEFAULT_STORAGE = "studies"
+EXIT_OK, EXIT_ERRORED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass
+class StudyOptions:
+    """What a user asks for; None means "not given" (a default, or remembered on resume)."""
+
+    space: str | None = None
+    name: str | None = None
+    storage: str = DEFAULT_STORAGE
+    resume: bool = False
+    retry_errored: bool = False
+    address: str | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    num_samples: int | None = None
+    searcher: str | None = None
+    overrides: Sequence[str] = ()
+    smoke: bool = False
+    checkpoint_every: int | None = None
+    max_failures: int | None = None
+    verbose: bool = False
+
+
+@dataclass
+class Prepared:
+    spec: StudySpec
+    plan: Plan
+    paths: StudyPaths
+    resume: bool
+
+
+@dataclass
+class Outcome:
+    """How a study run ended."""
+
+    paths: StudyPaths
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)  # status → trials
+    wall_s: float = 0.0
+
+    @property
+    def finished(self) -> int:
+        return self.counts.get("TERMINATED", 0) + self.counts.get("DIVERGED", 0)
+
+    @property
+    def exit_code(self) -> int:
+        if self.counts.get("ERROR", 0):
+            return EXIT_ERRORED
+        return EXIT_OK if self.finished >= self.total else EXIT_INTERRUPTED
+
+
+# ---------------------------------------------------------------- validation (no side effects)
+
+
+def parse_overrides(texts: Sequence[str]) -> dict[str, Any]:
+    """`--set key=value` strings → typed values; the last of a repeated key wins."""
+    out: dict[str, Any] = {}
+    for text in texts:
+        try:
+            key, value = parse_override(text)
+        except ValueError as exc:
+            raise StudyError(f"--set {text}: {exc}") from None
+        out[key] = value
+    return out
+
+
+def _check_counts(options: StudyOptions) -> None:
+    checks = (
+        ("--num-samples", options.num_samples, 1),
+        ("--max-concurrent", options.max_concurrent, 1),
+        ("--checkpoint-every", options.checkpoint_every, 0),
+        ("--max-failures", options.max_failures, 0),
+    )
+    for flag, value, least in checks:
+        if value is not None and value < least:
+            raise StudyError(f"{flag} {value}: must be an int >= {least}")
+    check_resource_values(
+        options.cpus_per_trial if options.cpus_per_trial is not None else 1.0,
+        options.gpus_per_trial if options.gpus_per_trial is not None else 0.0,
+    )
+
+
+def new_spec(options: StudyOptions) -> StudySpec:
+    """The spec of a new study from the options, defaults filled in."""
+    if not options.space:
+        raise StudyError("--space is required for a new study; see --list for the spaces")
+    space = get_space(options.space)
+    searcher = options.searcher or space.searcher
+    overrides = parse_overrides(options.overrides)
+    data_dir = overrides.pop(
+        "data_dir", space.fixed.get("data_dir", TrialConfig.defaults()["data_dir"])
+    )
+    return StudySpec(
+        space=space.name,
+        searcher=searcher,
+        num_samples=options.num_samples or default_num_samples(space, searcher),
+        overrides=overrides,
+        smoke=options.smoke,
+        data_dir=os.path.abspath(os.path.expanduser(str(data_dir))),
+        cpus_per_trial=_or(options.cpus_per_trial, 1.0),
+        gpus_per_trial=_or(options.gpus_per_trial, 0.0),
+        max_concurrent=_or(options.max_concurrent, 0),
+        max_failures=_or(options.max_failures, 3),
+        checkpoint_every=_or(options.checkpoint_every, 10),
+        code_version=code_version(),
+        created_at=now_iso(),
+    )
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def prepare(options: StudyOptions) -> Prepared:
+    """Check every input against the spaces, the trial config and storage; touch nothing."""
+    _check_counts(options)
+    if options.retry_errored and not options.resume:
+        raise StudyError("--retry-errored applies to --resume only")
+    if options.space:
+        get_space(options.space)  # an unknown space is named as such, before the name
+    name = check_name(options.name or options.space or "", "--name")
+    paths = StudyPaths(resolve_storage(options.storage), name)
+    if not options.resume:
+        check_fresh(paths)
+        spec = new_spec(options)
+        return Prepared(spec=spec, plan=build_plan(spec), paths=paths, resume=False)
+    check_resumable(paths)
+    spec = StudySpec.from_json(read_json(paths.storage.fs, paths.spec), paths.spec)
+    given = {f.name: getattr(options, f.name, None) for f in dataclasses.fields(StudySpec)}
+    given["overrides"] = parse_overrides(options.overrides)
+    if "data_dir" in given["overrides"]:
+        given["overrides"].pop("data_dir")  # remembered as an absolute path
+    given["smoke"] = options.smoke
+    check_same(spec, given, name)
+    return Prepared(spec=spec, plan=build_plan(spec), paths=paths, resume=True)
+
+
+def code_version() -> str:
+    """The ilstudy version, plus the git commit (and `.dirty`) when run from a checkout."""
+    try:
+        version = importlib.metadata.version("ilstudy")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0+unknown"
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+g{sha}" + (".dirty" if dirty else "")
+
+
+# ---------------------------------------------------------------- running
+
+
+def run_study(
+    options: StudyOptions, callbacks: Sequence[Any] = (), out: TextIO | None = None
+) -> Outcome:
+    """Validate, connect, check the cluster, then run or resume the study to its end."""
+    out = out or sys.stdout
+    prepared = prepare(options)
+    if options.address:
+        check_reachable(options.address)
+    from study.cluster import check_resources, check_shared_storage, connect
+
+    connection = connect(options.address, verbose=options.verbose)
+    try:
+        spec, paths = prepared.spec, prepared.paths
+        check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
+        check_shared_storage(paths.storage)
+        return _fit(prepared, options, callbacks, out)
+    finally:
+        connection.close()
+
+
+def _fit(
+    prepared: Prepared, options: StudyOptions, callbacks: Sequence[Any], out: TextIO
+) -> Outcome:
+    from study.tuner import build_tuner, restore_tuner
+
+    spec, plan, paths = prepared.spec, prepared.plan, prepared.paths
+    verb = "resuming" if prepared.resume else "starting"
+    print(
+        f"{verb} study {paths.name!r}: space {spec.space}{' (smoke)' if spec.smoke else ''}, "
+        f"{plan.total_trials} trials, searcher {spec.searcher}, "
+        f"{spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial "
+        f"-> {paths.display(paths.experiment)}",
+        file=out,
+        flush=True,
+    )
+    t0 = time.time()
+    if prepared.resume:
+        tuner = restore_tuner(spec, paths, retry_errored=options.retry_errored)
+    else:
+        write_json_atomic(paths.storage.fs, paths.spec, spec.to_json())
+        tuner = build_tuner(spec, plan, paths, callbacks)
+    tuner.fit()
+    outcome = Outcome(paths=paths, total=plan.total_trials, wall_s=time.time() - t0)
+    outcome.counts = trial_counts(paths)
+    _print_summary(outcome, spec, out)
+    return outcome
+
+
+def trial_counts(paths: StudyPaths) -> dict[str, int]:
+    """Trials per status, from trials.parquet."""
+    import pyarrow.parquet as pq
+
+    fs = paths.storage.fs
+    if fs.get_file_info(paths.trials).size is None:
+        return {}
+    with fs.open_input_file(paths.trials) as f:
+        statuses = pq.read_table(f, columns=["status"]).column("status").to_pylist()
+    return {s: statuses.count(s) for s in set(statuses)}
+
+
+def _print_summary(outcome: Outcome, spec: StudySpec, out: TextIO) -> None:
+    paths, c = outcome.paths, outcome.counts
+    mins, secs = divmod(int(outcome.wall_s), 60)
+    print(
+        f"{outcome.finished}/{outcome.total} trials finished "
+        f"({c.get('DIVERGED', 0)} diverged, {c.get('ERROR', 0)} errored) in {mins}:{secs:02d}",
+        file=out,
+    )
+    print(f"metrics: {paths.display(paths.metrics)}/  (one row per trial and step)", file=out)
+    print(f"trials:  {paths.display(paths.trials)}", file=out)
+    if outcome.exit_code == EXIT_INTERRUPTED:
+        print(f"interrupted; continue with: {resume_command(paths)}", file=out)
+    elif outcome.exit_code == EXIT_ERRORED:
+        print(f"some trials errored; retry them with: {resume_command(paths)} --retry-errored",
+              file=out)  # fmt: skip
+    print(f"report:  python -m reports {_short(paths.display(paths.experiment))}", file=out)
+    out.flush()
+
+
+def resume_command(paths: StudyPaths) -> str:
+    return f"python -m study.run --resume --name {paths.name} --storage {_short(paths.storage.uri)}"
+
+
+def _short(path: str) -> str:
+    """A path relative to the working directory when it lies below it."""
+    if "://" in path:
+        return path
+    try:
+        rel = PurePosixPath(path).relative_to(os.getcwd())
+    except ValueError:
+        return path
+    return str(rel) or "."

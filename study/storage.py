@@ -1,0 +1,237 @@
+"""Study names, storage locations, the files of one study, and atomic writes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from study.errors import StudyError
+
+# A name is one path component: letters, digits, '_', '-', '.'; no leading '.', no '..'.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+SPEC_FILE = "study.json"  # what the study remembers: space, overrides, searcher, ...
+RESULTS_DIR = "results"
+STATE_PATTERN = re.compile(r"^experiment_state-.*\.json$")  # Tune's experiment snapshot
+TUNER_FILE = "tuner.pkl"  # Tune's restore entry point
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """`name` if it is a safe single path component; StudyError otherwise."""
+    if not _NAME.fullmatch(name or "") or ".." in name:
+        raise StudyError(
+            f"{what} {name!r} is not allowed: use 1-100 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit (no path separators, no '..')"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where studies live: a local directory or a pyarrow-fs URI (s3://, gs://, ...)."""
+
+    uri: str  # what Ray's RunConfig(storage_path) gets: absolute path or URI
+    fs: pafs.FileSystem
+    root: str  # the same place as a path on `fs`
+
+    @property
+    def is_local(self) -> bool:
+        return self.fs.type_name == "local"
+
+
+def resolve_storage(storage: str) -> Storage:
+    """Parse `--storage`; a local path becomes absolute. Creates nothing."""
+    if not storage:
+        raise StudyError(
+            "--storage is empty: give a directory or a URI such as s3://bucket/studies"
+        )
+    if "://" in storage:
+        try:
+            fs, root = pafs.FileSystem.from_uri(storage)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
+            raise StudyError(
+                f"--storage {storage!r} is not a usable URI ({exc}); allowed: a local "
+                "directory or a URI pyarrow.fs understands (file://, s3://, gs://, hdfs://)"
+            ) from None
+        if fs.type_name == "local":
+            return Storage(uri=os.path.abspath(root), fs=fs, root=os.path.abspath(root))
+        return Storage(uri=storage.rstrip("/"), fs=fs, root=root.rstrip("/"))
+    root = os.path.abspath(os.path.expanduser(storage))
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise StudyError(f"--storage {storage!r} is a file, not a directory")
+    return Storage(uri=root, fs=pafs.LocalFileSystem(), root=root)
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """The files of one study, all under `<storage>/<name>/`."""
+
+    storage: Storage
+    name: str
+
+    def _join(self, *parts: str) -> str:
+        return str(PurePosixPath(self.storage.root, self.name, *parts))
+
+    @property
+    def experiment(self) -> str:
+        """Ray Tune's experiment directory; everything of this study lies below it."""
+        return self._join()
+
+    @property
+    def spec(self) -> str:
+        return self._join(SPEC_FILE)
+
+    @property
+    def results(self) -> str:
+        return self._join(RESULTS_DIR)
+
+    @property
+    def metrics(self) -> str:
+        return self._join(RESULTS_DIR, "metrics")
+
+    @property
+    def trials(self) -> str:
+        return self._join(RESULTS_DIR, "trials.parquet")
+
+    def display(self, path: str) -> str:
+        """A path as the user should type it: with the URI scheme when not local."""
+        if self.storage.is_local:
+            return path
+        scheme = self.storage.uri.split("://", 1)[0]
+        return f"{scheme}://{path}"
+
+    def exists(self) -> bool:
+        return _exists(self.storage.fs, self.experiment)
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def experiment_dir(storage_root: str, name: str) -> str:
+    """`<storage>/<name>` as a path on the storage filesystem."""
+    return str(PurePosixPath(storage_root, name))
+
+
+def results_dir(experiment_fs_path: str) -> str:
+    """`<experiment>/results`: where the Parquet files go."""
+    return str(PurePosixPath(experiment_fs_path, RESULTS_DIR))
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half.
+
+    Local: a dotfile `*.tmp` beside it, then a rename. Object stores: one PUT is atomic.
+    """
+    parent = str(PurePosixPath(path).parent)
+    fs.create_dir(parent, recursive=True)
+    if fs.type_name != "local":
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    tmp = str(PurePosixPath(parent, f".{PurePosixPath(path).name}.{uuid.uuid4().hex[:8]}.tmp"))
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+    """Write a Parquet file atomically (see `write_bytes_atomic`)."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes_atomic(fs, path, buffer.getvalue())
+
+
+def write_json_atomic(fs: pafs.FileSystem, path: str, payload: dict[str, Any]) -> None:
+    write_bytes_atomic(fs, path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.readall().decode())
+
+
+def remove_stale_tmp(fs: pafs.FileSystem, directory: str) -> int:
+    """Delete leftover `.*.tmp` files of interrupted writes; call only when no writer runs."""
+    if fs.type_name != "local" or not os.path.isdir(directory):
+        return 0
+    stale = [n for n in os.listdir(directory) if n.startswith(".") and n.endswith(".tmp")]
+    for name in stale:
+        os.unlink(os.path.join(directory, name))
+    return len(stale)
+
+
+# ---------------------------------------------------------------- study state checks
+
+
+def check_fresh(paths: StudyPaths) -> None:
+    """A new study may not reuse a name: refuse before touching anything."""
+    if paths.exists():
+        raise StudyError(
+            f"study {paths.name!r} already exists at {paths.display(paths.experiment)}; "
+            "pass --resume to continue it, or choose another --name"
+        )
+
+
+def check_resumable(paths: StudyPaths) -> str:
+    """The newest Tune snapshot, after checking it parses; StudyError naming the bad file.
+
+    Ray 2.60 silently starts an experiment over when its newest snapshot is empty or
+    unreadable (RAY_NOTES trap 1); a resume must never do that.
+    """
+    fs = paths.storage.fs
+    if not paths.exists():
+        raise StudyError(
+            f"no study {paths.name!r} at {paths.display(paths.experiment)}: "
+            "nothing to resume (check --name and --storage)"
+        )
+    for required in (paths.spec, str(PurePosixPath(paths.experiment, TUNER_FILE))):
+        info = fs.get_file_info(required)
+        if info.type != pafs.FileType.File or not info.size:
+            raise StudyError(
+                f"cannot resume: {paths.display(required)} is missing or empty; "
+                f"the study cannot be resumed (delete {paths.display(paths.experiment)} to start over)"
+            )
+    listing = fs.get_file_info(pafs.FileSelector(paths.experiment))
+    states = sorted(i.path for i in listing if STATE_PATTERN.match(PurePosixPath(i.path).name))
+    if not states:
+        missing = PurePosixPath(paths.experiment, "experiment_state-<timestamp>.json")
+        raise StudyError(
+            f"cannot resume: the experiment state {paths.display(str(missing))} is missing "
+            "(the study was stopped before Ray Tune saved it); "
+            f"delete {paths.display(paths.experiment)} to start over"
+        )
+    newest = states[-1]  # Tune restores from the newest name, whatever its content
+    try:
+        with fs.open_input_stream(newest) as f:
+            raw = f.readall()
+        state = json.loads(raw) if raw.strip() else None
+        trial_data = state.get("trial_data") if isinstance(state, dict) else None
+        if not trial_data or "runner_data" not in state:
+            raise ValueError("empty" if not raw.strip() else "no trials in it")
+    except (OSError, ValueError) as exc:
+        raise StudyError(
+            f"cannot resume: the experiment state {paths.display(newest)} is unreadable ({exc}); "
+            "Ray Tune would silently start over, so nothing was run. Move that file away "
+            "to resume from an older snapshot, if one exists"
+        ) from None
+    return newest

@@ -1,0 +1,126 @@
+"""The driver-side writer of `results/trials.parquet`: one row per trial, kept current."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ray.tune import Callback
+
+from study.results import (
+    CONFIG_NAMES,
+    TRIALS_SCHEMA,
+    config_columns,
+    metric_columns,
+    table,
+    utc,
+)
+from study.storage import remove_stale_tmp, results_dir, write_parquet_atomic
+
+
+def trial_status(trial: Any) -> str:
+    """Tune's status, with finished trials whose last record diverged as DIVERGED."""
+    status = str(trial.status)
+    if status == "TERMINATED" and bool((trial.last_result or {}).get("diverged")):
+        return "DIVERGED"
+    return status
+
+
+class TrialsWriter(Callback):
+    """Rewrites trials.parquet atomically when a trial starts or ends, and every few seconds.
+
+    It reads the trials Tune holds (restored ones included after a resume), so it needs no
+    state of its own beyond finish times, which it keeps in Tune's experiment snapshot.
+    """
+
+    def __init__(self, study: str, min_interval_s: float = 2.0):
+        self.study = study
+        self.min_interval_s = min_interval_s
+        self._finished_at: dict[str, float] = {}
+        self._last_write = 0.0
+        self._dirty = True
+
+    # ---- Tune hooks ---------------------------------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trials)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
+        self._dirty = True
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finished_at[trial.trial_id] = time.time()
+        self._write(trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finished_at[trial.trial_id] = time.time()
+        self._write(trials)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._dirty and time.time() - self._last_write >= self.min_interval_s:
+            self._write(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._write(trials)
+        if trials:
+            fs = trials[0].storage.storage_filesystem
+            remove_stale_tmp(fs, results_dir(trials[0].storage.experiment_fs_path) + "/metrics")
+
+    def get_state(self) -> dict[str, Any]:
+        return {"finished_at": dict(self._finished_at)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._finished_at.update(state.get("finished_at", {}))
+
+    # ---- writing ------------------------------------------------------------------------
+    def _write(self, trials: Sequence[Any]) -> None:
+        if not trials:
+            return
+        storage = trials[0].storage
+        path = results_dir(storage.experiment_fs_path) + "/trials.parquet"
+        rows = [self.row(t) for t in sorted(trials, key=lambda t: t.trial_id)]
+        write_parquet_atomic(storage.storage_filesystem, path, table(rows, TRIALS_SCHEMA))
+        self._last_write, self._dirty = time.time(), False
+
+    def row(self, trial: Any) -> dict[str, Any]:
+        """One trials.parquet row from Tune's view of the trial."""
+        import ray
+        import torch
+
+        last = dict(trial.last_result or {})
+        status = trial_status(trial)
+        config = {k: v for k, v in (trial.config or {}).items() if k in CONFIG_NAMES}
+        finished = status in ("TERMINATED", "DIVERGED", "ERROR")
+        finished_at = self._finished_at.get(trial.trial_id, last.get("reported_at"))
+        has_record = "step" in last
+        return {
+            "study": self.study,
+            "trial_id": trial.trial_id,
+            "status": status,
+            **config_columns(config),
+            **(metric_columns(last) if has_record else {}),
+            "started_at": utc(last.get("trial_started_at")),
+            "finished_at": utc(finished_at) if finished else None,
+            "wall_s": last.get("trial_wall_s"),
+            "attempts": 1 + int(last.get("attempt", 0)) if has_record else 0,
+            "error": _first_error_line(trial) if status == "ERROR" else None,
+            "trial_dir": getattr(trial.storage, "trial_dir_name", None),
+            "device": last.get("device"),
+            "node": last.get("node"),
+            "ilstudy_version": last.get("ilstudy_version"),
+            "torch_version": last.get("torch_version", torch.__version__),
+            "ray_version": ray.__version__,
+            "python_version": platform.python_version(),
+        }
+
+
+def _first_error_line(trial: Any) -> str | None:
+    try:
+        error = trial.get_error()
+    except Exception:  # the error file may sit on storage this driver cannot read
+        error = None
+    if error is None:
+        return "error (see the trial's error.txt)"
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else None
