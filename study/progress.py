@@ -22,14 +22,24 @@ class ProgressLine(Callback):
     """Prints on every trial end and at most every `every_s` seconds otherwise."""
 
     def __init__(
-        self, study: str, total: int, metric: str, mode: str, every_s: float = 10.0
+        self,
+        study: str,
+        total: int,
+        metric: str,
+        mode: str,
+        every_s: float = 10.0,
+        stream: TextIO | None = None,
     ) -> None:
         self.study, self.total, self.metric, self.mode = study, total, metric, mode
         self.every_s = every_s
+        self.stream = stream  # None: sys.stdout at print time
         self._t0: float | None = None
         self._done_at_start: int | None = None
         self._last_print = 0.0
-        self.stream: TextIO | None = None  # None: sys.stdout at print time
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks into tuner.pkl; a restored study prints to its own stdout.
+        return {**self.__dict__, "stream": None}
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.print_line(trials)

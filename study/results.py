@@ -75,9 +75,8 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("started_at", TIMESTAMP),  # first start of the trial, kept across restores
         pa.field("finished_at", TIMESTAMP),  # null until TERMINATED, DIVERGED or ERROR
         pa.field("wall_s", pa.float64()),  # seconds the trial ran, summed over attempts
-        pa.field("attempts", pa.int64()),  # runs of the trial: 1 + restores
         pa.field("error", pa.string()),  # first line of the error, for ERROR trials
-        pa.field("trial_dir", pa.string()),  # Ray Tune's folder of this trial
+        pa.field("logdir", pa.string()),  # Ray Tune's folder of this trial, in the study folder
         pa.field("device", pa.string()),
         pa.field("node", pa.string()),
         pa.field("ilstudy_version", pa.string()),

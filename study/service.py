@@ -232,7 +232,7 @@ def _fit(
         tuner = restore_tuner(spec, paths, retry_errored=options.retry_errored)
     else:
         write_json_atomic(paths.storage.fs, paths.spec, spec.to_json())
-        tuner = build_tuner(spec, plan, paths, callbacks)
+        tuner = build_tuner(spec, plan, paths, callbacks, out=out)
     tuner.fit()
     outcome = Outcome(paths=paths, total=plan.total_trials, wall_s=time.time() - t0)
     outcome.counts = trial_counts(paths)

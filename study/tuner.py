@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from ray import tune
 
@@ -29,7 +29,11 @@ def trainable(spec: StudySpec, name: str) -> Any:
 
 
 def build_tuner(
-    spec: StudySpec, plan: Plan, paths: StudyPaths, callbacks: Sequence[tune.Callback] = ()
+    spec: StudySpec,
+    plan: Plan,
+    paths: StudyPaths,
+    callbacks: Sequence[tune.Callback] = (),
+    out: TextIO | None = None,
 ) -> tune.Tuner:
     """A fresh Tuner that writes Tune's experiment into `<storage>/<name>/`."""
     run_config = tune.RunConfig(
@@ -41,7 +45,7 @@ def build_tuner(
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[
             TrialsWriter(paths.name),
-            ProgressLine(paths.name, plan.total_trials, plan.metric, plan.mode),
+            ProgressLine(paths.name, plan.total_trials, plan.metric, plan.mode, stream=out),
             *callbacks,
         ],
         verbose=0,

@@ -1,0 +1,56 @@
+"""Shared fixtures: one Ray instance for the whole run, tiny study options, tmp storage.
+
+Ray reads some settings when it is imported, so they are set here, before any test module
+imports it. Tests that need their own Ray (a multi-node cluster, a driver to kill) run it in
+subprocesses with explicit addresses and ports and never touch this instance.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Fast, quiet, loopback-only Ray for tests (RAY_NOTES item 9; study.cluster.LOOPBACK_ENV).
+RAY_TEST_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "TUNE_GLOBAL_CHECKPOINT_S": "0.1",
+    "TUNE_MAX_PENDING_TRIALS_PG": "1",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the shared instance binds to 127.0.0.1 only
+}
+for _key, _value in RAY_TEST_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+RAY_CPUS = 2
+RAY_GPUS = 1  # a logical GPU: lets CI schedule fractional-GPU trials on a CPU-only machine
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[object]:
+    """The one in-process Ray instance that every test which can share it uses."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address="local",  # never attach to a stale cluster (RAY_NOTES trap 7)
+            num_cpus=RAY_CPUS,
+            num_gpus=RAY_GPUS,
+            object_store_memory=150 * 2**20,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    """An empty storage folder for studies."""
+    path = tmp_path / "studies"
+    path.mkdir()
+    return path

@@ -1,0 +1,130 @@
+"""The shipped search spaces: registry, validity against the trial config, and smoke runs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import search_spaces
+from search_spaces import Choice, LogUniform, Space
+from study.errors import StudyError
+from study.listing import list_spaces
+from study.plan import _combinations, build_plan
+from study.spec import StudySpec
+from trainables import TrialConfig, run
+
+SHIPPED = (
+    "k_sweep",
+    "phase_diagram",
+    "lr_sweep",
+    "damping_sweep",
+    "one_shot",
+    "optuna_lr_k",
+    "smoke",
+)
+
+
+def _spec(space: Space, smoke: bool = False, **kw: object) -> StudySpec:
+    values = {"searcher": space.searcher, "num_samples": 2 if space.searcher != "grid" else 1}
+    values.update(kw)
+    return StudySpec(space=space.name, smoke=smoke, data_dir="/tmp/ilstudy-data", **values)
+
+
+def test_registry_lists_every_shipped_space_once() -> None:
+    assert search_spaces.names() == SHIPPED
+    assert [s.name for s in search_spaces.all_spaces()] == list(SHIPPED)
+    with pytest.raises(KeyError, match="allowed: k_sweep"):
+        search_spaces.get("nope")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_config_of_every_space_is_a_valid_trial_config(name: str) -> None:
+    space = search_spaces.get(name)
+    assert space.description and "\n" not in space.description
+    assert space.searcher in space.allowed_searchers()
+    for smoke in (False, True):
+        plan = build_plan(_spec(space, smoke=smoke))
+        configs = list(_combinations(plan.space))
+        assert configs, name
+        for mapping in configs:
+            TrialConfig.from_mapping(mapping)  # raises on any invalid value
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_space_runs_in_smoke_mode(name: str) -> None:
+    """Each space's smoke version runs one trial to the end in-process, in seconds."""
+    plan = build_plan(_spec(search_spaces.get(name), smoke=True))
+    records = list(run(next(_combinations(plan.space))))
+    assert records[0]["step"] == 0 and len(records) >= 2
+    assert all(math.isfinite(r["train_loss"]) or r["diverged"] for r in records)
+
+
+def test_spaces_sweep_what_the_issue_asks_for() -> None:
+    k_sweep = search_spaces.get("k_sweep")
+    assert k_sweep.grid["k"][:4] == [1, 10, 100, 1000] and k_sweep.grid["k"][-1] == "inf"
+    assert len(k_sweep.grid["seed"]) >= 2 and "total_steps" in k_sweep.fixed
+    phase = search_spaces.get("phase_diagram")
+    assert {"total_steps", "k"} <= set(phase.grid)
+    lr = search_spaces.get("lr_sweep")
+    assert set(lr.grid["trainer"]) == {"plain", "linearised"}
+    assert min(lr.grid["lr"]) == pytest.approx(1e-4) and max(lr.grid["lr"]) == 1.0
+    damping = search_spaces.get("damping_sweep").grid["damping"]
+    assert damping[0] == pytest.approx(1e-6) and damping[-1] == pytest.approx(1e3)
+    ratios = [b / a for a, b in itertools.pairwise(damping)]
+    assert ratios == pytest.approx([ratios[0]] * len(ratios))  # a log grid
+    one_shot = search_spaces.get("one_shot")
+    assert one_shot.fixed["schedule"] == "one_shot" and len(one_shot.grid["one_shot_at"]) >= 3
+    optuna = search_spaces.get("optuna_lr_k")
+    assert optuna.searcher == "optuna"
+    assert isinstance(optuna.distributions["lr"], LogUniform)
+    assert isinstance(optuna.distributions["k"], Choice)
+    assert search_spaces.get("smoke").grid_size() <= 4
+
+
+def test_k_inf_becomes_float_inf_in_the_trial_config() -> None:
+    cfg = TrialConfig.from_mapping({**search_spaces.get("k_sweep").fixed, "k": "inf"})
+    assert cfg.k_float == math.inf
+
+
+def test_overrides_fix_a_swept_key_and_num_samples_repeats_with_fresh_seeds() -> None:
+    space = search_spaces.get("k_sweep")
+    plan = build_plan(_spec(space, overrides={"k": 10}))
+    assert "k" not in plan.space.grid and plan.space.fixed["k"] == 10
+    assert plan.total_trials == len(space.grid["seed"])
+    repeated = build_plan(_spec(space, num_samples=2))
+    assert repeated.total_trials == 2 * space.grid_size()
+    assert len(set(repeated.space.grid["seed"])) == 2 * len(space.grid["seed"])
+
+
+def test_grid_searcher_is_refused_for_continuous_distributions() -> None:
+    space = search_spaces.get("optuna_lr_k")
+    with pytest.raises(StudyError, match="allowed: random, optuna"):
+        build_plan(_spec(space, searcher="grid"))
+    assert build_plan(_spec(space, searcher="random", num_samples=5)).total_trials == 5
+
+
+def test_an_override_that_breaks_a_config_is_named() -> None:
+    with pytest.raises(StudyError, match="momentum"):
+        build_plan(
+            _spec(search_spaces.get("smoke"), overrides={"optimizer": "adam", "momentum": 0.5})
+        )
+
+
+def test_list_shows_each_space_with_trials_and_expected_time() -> None:
+    text = list_spaces(cpus=2)
+    for space in search_spaces.all_spaces():
+        line = next(line for line in text.splitlines() if line.startswith(space.name + " "))
+        assert "~" in line and space.description in line
+    k_line = next(line for line in text.splitlines() if line.startswith("k_sweep "))
+    assert " 15 " in k_line
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> object:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

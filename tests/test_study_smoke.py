@@ -1,0 +1,139 @@
+"""The smoke study end to end, in-process on the shared Ray: results layout per contract."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import polars as pl
+import pyarrow.dataset as ds
+import pytest
+
+import search_spaces
+from study.results import CONFIG_NAMES, METRIC_NAMES
+from study.run import main
+from study.service import Outcome, StudyOptions, run_study
+from trainables import TrialConfig
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+
+def _tree(path: Path) -> dict[str, tuple[int, int]]:
+    """Every file below `path` with its size and mtime: to prove nothing was touched."""
+    return {
+        str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def smoke_study(
+    ray_session: object, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Outcome, str]:
+    storage = tmp_path_factory.mktemp("smoke") / "studies"
+    out = io.StringIO()
+    outcome = run_study(StudyOptions(space="smoke", storage=str(storage)), out=out)
+    return storage, outcome, out.getvalue()
+
+
+def test_smoke_study_finishes_and_says_where_results_are(smoke_study: tuple) -> None:
+    storage, outcome, output = smoke_study
+    assert outcome.exit_code == 0, output
+    assert outcome.counts == {"TERMINATED": 4}
+    assert f"{storage}/smoke/results/metrics" in output
+    assert "python -m reports" in output and "smoke" in output
+    progress = [line for line in output.splitlines() if line.startswith("[smoke]")]
+    assert progress and "4/4 done" in progress[-1] and "best test_acc" in progress[-1]
+
+
+def test_metrics_follow_the_contract(smoke_study: tuple) -> None:
+    storage, _, _ = smoke_study
+    metrics = pd.read_parquet(storage / "smoke" / "results" / "metrics")
+    assert {"study", "trial_id", *CONFIG_NAMES, *METRIC_NAMES} <= set(metrics.columns)
+    assert set(TrialConfig.defaults()) <= set(metrics.columns)  # every config key
+    assert metrics["k"].dtype == "float64"
+    assert sorted(metrics["k"].unique()) == [1.0, 4.0, 16.0, math.inf]
+    assert not metrics.duplicated(["trial_id", "step"]).any()
+    total = search_spaces.get("smoke").fixed["total_steps"]
+    every = search_spaces.get("smoke").fixed["eval_every"]
+    for _, rows in metrics.groupby("trial_id"):
+        assert rows["step"].tolist() == list(range(0, total + 1, every))
+    assert (metrics["study"] == "smoke").all()
+    assert metrics["reported_at"].notna().all() and (metrics["device"] == "cpu").all()
+
+
+def test_trials_agree_with_the_metrics(smoke_study: tuple) -> None:
+    storage, _, _ = smoke_study
+    results = storage / "smoke" / "results"
+    trials = pd.read_parquet(results / "trials.parquet").set_index("trial_id").sort_index()
+    metrics = pd.read_parquet(results / "metrics")
+    last = (
+        metrics.sort_values("step").groupby("trial_id").tail(1).set_index("trial_id").sort_index()
+    )
+    assert list(trials.index) == list(last.index) and len(trials) == 4
+    assert (trials["status"] == "TERMINATED").all()
+    for column in ("k", "seed", "total_steps", "trainer", "step", "test_acc", "train_loss"):
+        assert trials[column].tolist() == last[column].tolist(), column
+    assert trials["k"].dtype == "float64" and math.inf in trials["k"].tolist()
+    assert (trials["started_at"] <= trials["finished_at"]).all() and (trials["wall_s"] > 0).all()
+    for column in ("ilstudy_version", "torch_version", "ray_version", "python_version"):
+        assert trials[column].notna().all(), column
+
+
+def test_results_read_with_pyarrow_duckdb_and_polars(smoke_study: tuple) -> None:
+    storage, _, _ = smoke_study
+    results = storage / "smoke" / "results"
+    assert ds.dataset(results / "metrics", format="parquet").count_rows() == 20
+    count = duckdb.sql(f"select count(*) from read_parquet('{results}/metrics/*.parquet')")
+    assert count.fetchall()[0][0] == 20
+    assert pl.read_parquet(results / "trials.parquet").height == 4
+    assert not list((results / "metrics").glob(".*"))  # no temporary files left behind
+
+
+def test_resume_of_a_finished_study_reruns_nothing(smoke_study: tuple) -> None:
+    storage, _, _ = smoke_study
+    metrics = storage / "smoke" / "results" / "metrics"
+    before = _tree(metrics)
+    outcome = run_study(
+        StudyOptions(resume=True, name="smoke", storage=str(storage)), out=io.StringIO()
+    )
+    assert outcome.exit_code == 0 and outcome.counts == {"TERMINATED": 4}
+    assert _tree(metrics) == before
+
+
+def test_an_existing_name_without_resume_is_refused_untouched(
+    smoke_study: tuple, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage, _, _ = smoke_study
+    before = _tree(storage)
+    assert main(["--space", "smoke", "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already exists" in err and "--resume" in err
+    assert _tree(storage) == before
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "missing"])
+def test_resume_refuses_a_damaged_experiment_state(
+    smoke_study: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    """Ray would silently start over (RAY_NOTES trap 1); we exit 2 naming the file."""
+    storage = tmp_path / "copy"
+    shutil.copytree(smoke_study[0], storage)
+    states = sorted((storage / "smoke").glob("experiment_state-*.json"))
+    assert states
+    if damage == "missing":
+        for state in states:
+            state.unlink()
+    else:
+        states[-1].write_text("" if damage == "empty" else '{"trial_data": [')
+    before = _tree(storage)
+    assert main(["--resume", "--name", "smoke", "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "experiment state" in err
+    assert ("experiment_state-" in err) and (damage == "missing" or states[-1].name in err)
+    assert _tree(storage) == before
