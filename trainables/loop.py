@@ -62,6 +62,7 @@ class Trial:
         self.step = 0
         self.feature_updates = 0
         self.at_lin_point = True  # θ == θ_s exactly, so the tangent pass can be skipped
+        self.pending_move = False  # θ_s moves before the next step
         self.started = False
         self.done = False
         self.elapsed_before = 0.0
@@ -100,16 +101,23 @@ class Trial:
         if not self.started:
             self.started = True
             yield self._record()
-        n = len(self.data.y_train)
         while self.step < cfg.total_steps and not self.done:
-            idx = batch_indices(cfg.seed, n, cfg.batch_size, self.step).to(self.device)
-            batch_loss = self._train_step(self.data.x_train[idx], self.data.y_train[idx])
-            self.step += 1
-            self._after_step(batch_loss)
+            self.advance()
             if self.step % cfg.eval_every == 0 or self.step == cfg.total_steps:
                 record = self._record()
                 self.done = record["diverged"] or self.step == cfg.total_steps
                 yield record
+
+    def advance(self) -> None:
+        """One optimiser step on the next batch, with any feature update due before it."""
+        if self.pending_move:  # a feature update decided after the previous step
+            self._move()
+        cfg = self.cfg
+        idx = batch_indices(cfg.seed, len(self.data.y_train), cfg.batch_size, self.step)
+        idx = idx.to(self.device)
+        batch_loss = self._train_step(self.data.x_train[idx], self.data.y_train[idx])
+        self.step += 1
+        self._after_step(batch_loss)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -140,8 +148,10 @@ class Trial:
         self._bad |= ~torch.isfinite(batch_loss)
         self._since_record["loss"] += float(batch_loss)
         self._since_record["steps"] += 1
-        if self._should_move(float(batch_loss)):
-            self._move()
+        # moves are applied lazily, at the start of the next step, so that a record taken now
+        # evaluates the model that was actually trained, and no move happens after step T
+        due = self._should_move(float(batch_loss))
+        self.pending_move = due and self.step < self.cfg.total_steps
 
     def _should_move(self, batch_loss: float) -> bool:
         cfg = self.cfg
@@ -170,6 +180,7 @@ class Trial:
         self.theta_s = _clone(self.theta)
         self.feature_updates += 1
         self.at_lin_point = True
+        self.pending_move = False
         self._phase = {"start": self.step, "best": math.inf, "ema": math.nan, "stale": 0}
         if self.cfg.reset_optimizer:
             self.optimizer = self._make_optimizer()
@@ -213,9 +224,13 @@ class Trial:
             return dict.fromkeys(MEASURE_KEYS, math.nan)
         kernels = self.kernels
         cache = kernels["cache"]
-        if cache is None or cache[0] != self.feature_updates:  # K(θ_s) moves only with θ_s
-            K = empirical_ntk(self.model, self.theta_s, self.x_probe, self.cfg.ntk, self.v_probe)
-            kernels["cache"] = cache = (self.feature_updates, K)
+        # the kernel of the model being trained: K(θ_s) for IL, which moves only with θ_s
+        linearised = cfg.trainer == "linearised"
+        key = self.feature_updates if linearised else -self.step - 1
+        if cache is None or cache[0] != key:
+            params = self.theta_s if linearised else self.theta
+            K = empirical_ntk(self.model, params, self.x_probe, cfg.ntk, self.v_probe)
+            kernels["cache"] = cache = (key, K)
         K = cache[1]
         if kernels["K0"] is None:
             kernels["K0"], kernels["prev"], kernels["prev_step"] = K, K, self.step
@@ -242,6 +257,7 @@ class Trial:
             "step": self.step,
             "feature_updates": self.feature_updates,
             "at_lin_point": self.at_lin_point,
+            "pending_move": self.pending_move,
             "started": self.started,
             "done": self.done,
             "elapsed_s": self.elapsed_before + time.perf_counter() - self._t0,
@@ -269,11 +285,8 @@ class Trial:
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.feature_updates = state["step"], state["feature_updates"]
-        self.at_lin_point, self.started, self.done = (
-            state["at_lin_point"],
-            state["started"],
-            state["done"],
-        )
+        self.at_lin_point, self.pending_move = state["at_lin_point"], state["pending_move"]
+        self.started, self.done = state["started"], state["done"]
         self.elapsed_before, self.lin_point_change = state["elapsed_s"], state["lin_point_change"]
         self._bad = torch.tensor(state["bad"], device=self.device)
         self._since_record, self._phase = dict(state["since_record"]), dict(state["phase"])
