@@ -1,0 +1,82 @@
+"""Reports for ilstudy studies: Parquet results → fits with bootstrap CIs → figures + summary.
+
+Imports neither Ray nor torch; submodules load on first use, so ``import reports`` is cheap.
+Command line: ``python -m reports STUDY_DIR [STUDY_DIR ...] [--out DIR] [--format png,pdf]``.
+
+Library use::
+
+    import reports
+    metrics = reports.load("studies/k_sweep")          # one row per (trial, step)
+    trials = reports.load_trials("studies/k_sweep")    # one row per trial: status, final metrics
+    fits = reports.fit_feature_updates(trials)         # levels, N50, N90, slope with CIs, or why not
+    reports.plot_feature_updates(trials, "fig1", fits, formats=("pdf",))
+    reports.write_report("studies/k_sweep")            # everything, into studies/k_sweep/report/
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._errors import NothingToPlot, ReportError
+
+if TYPE_CHECKING:
+    from ._fit import fit_feature_updates, n_at_fraction, sigmoid_model
+    from ._load import load, load_trials
+    from ._plot_curves import plot_training_curves
+    from ._plot_damping import plot_damping
+    from ._plot_measure import measure_correlations, plot_measure
+    from ._plot_phase import plot_phase_diagram
+    from ._plot_updates import plot_feature_updates
+    from ._report import ReportResult, default_out, write_report
+    from ._summary import final_metrics
+
+_LAZY = {
+    "fit_feature_updates": "_fit",
+    "n_at_fraction": "_fit",
+    "sigmoid_model": "_fit",
+    "load": "_load",
+    "load_trials": "_load",
+    "plot_training_curves": "_plot_curves",
+    "plot_damping": "_plot_damping",
+    "measure_correlations": "_plot_measure",
+    "plot_measure": "_plot_measure",
+    "plot_phase_diagram": "_plot_phase",
+    "plot_feature_updates": "_plot_updates",
+    "ReportResult": "_report",
+    "default_out": "_report",
+    "write_report": "_report",
+    "final_metrics": "_summary",
+}
+
+__all__ = [
+    "NothingToPlot",
+    "ReportError",
+    "ReportResult",
+    "default_out",
+    "final_metrics",
+    "fit_feature_updates",
+    "load",
+    "load_trials",
+    "measure_correlations",
+    "n_at_fraction",
+    "plot_damping",
+    "plot_feature_updates",
+    "plot_measure",
+    "plot_phase_diagram",
+    "plot_training_curves",
+    "sigmoid_model",
+    "write_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'reports' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

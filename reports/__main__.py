@@ -1,0 +1,77 @@
+"""``python -m reports STUDY_DIR [STUDY_DIR ...] [--out DIR] [--format png,pdf,svg]``.
+
+Exit codes: 0 when the report is written (its files are printed on stdout); 2 on bad input,
+with one line on stderr and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from ._config import DEFAULT_BOOTSTRAP, check_formats
+from ._errors import ReportError
+from ._paths import find_results
+
+DESCRIPTION = """\
+Write figures, fits.csv and summary.md for one or several ilstudy studies.
+Reads STUDY_DIR/results/ (a running study is fine: unfinished trials are reported, not fitted).
+Default --out: STUDY_DIR/report/; with several studies, which are compared (the `study` column
+tells them apart), FIRST_STUDY_DIR/report/compare_<other study folder names>/."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"python -m reports: {message}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(prog="python -m reports", description=DESCRIPTION,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR",
+                        help="study folder holding results/ (or the results/ folder itself)")  # fmt: skip
+    parser.add_argument("--out", metavar="DIR", help="output folder (see above)")
+    parser.add_argument("--format", default="png", metavar="FMTS",
+                        help="comma-separated figure formats among png, pdf, svg (default: png)")  # fmt: skip
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
+                        help=f"bootstrap replicates per fit (default: {DEFAULT_BOOTSTRAP}; 0: no CIs)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default: 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    args = parser.parse_args(argv)
+    try:  # cheap checks first, before pandas, scipy and matplotlib load
+        formats = check_formats(args.format.split(","))
+        for path in args.study_dirs:
+            find_results(Path(path))
+    except ReportError as exc:
+        print(f"python -m reports: {exc}", file=sys.stderr)
+        return 2
+    from ._report import stderr_progress, write_report
+
+    try:
+        result = write_report(
+            args.study_dirs,
+            out=args.out,
+            formats=formats,
+            n_boot=args.bootstrap,
+            seed=args.seed,
+            progress=None if args.quiet else stderr_progress,
+        )
+    except ReportError as exc:
+        print(f"python -m reports: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"python -m reports: cannot write the report: {exc}", file=sys.stderr)
+        return 2
+    print(f"report written to {result.out}")
+    for path in result.files:
+        print(f"  {path}")
+    for name, reason in result.skipped.items():
+        print(f"  (no {name} figure: {reason})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

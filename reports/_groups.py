@@ -1,0 +1,168 @@
+"""Groups of trials that a figure or a fit compares, and their K=1 / K=∞ reference trials.
+
+A *group* is all usable trials that share every config key except `k`, `seed` and the one-shot
+`one_shot_at` (and the study). In a K sweep that is one curve of accuracy against N; in a
+phase-diagram study each `total_steps` is its own group, so each T gets its own fit. The
+reference levels are read from N: N = 0 is K=∞ (θ_s never moved), N = T is K=1 (SGD).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ._schema import SCHEDULE_KEYS, SWEEP_KEYS, group_keys, group_label, varying
+
+LINEARISED, GAUSS_NEWTON, PLAIN = "linearised", "gauss_newton", "plain"
+# Keys that say how a baseline was optimised, not which problem it solved.
+OPTIMISATION_KEYS = frozenset(
+    {"trainer", "optimizer", "lr", "momentum", "damping", "damping_mode", "solver", "batch_size",
+     "reset_optimizer", "solve_to_convergence", "convergence_patience", "convergence_rtol",
+     "cg_tol", "cg_max_iter", "exact_max_dim", *SCHEDULE_KEYS}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Group:
+    """One group: its key values, a short label, and its trials."""
+
+    key: dict
+    label: str
+    trials: pd.DataFrame
+
+
+def usable(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials that finished normally (not diverged, errored, running or pending)."""
+    if "usable" not in trials.columns:
+        return trials
+    return trials[trials["usable"].astype(bool)]
+
+
+def drawable(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials whose rows may be drawn as curves: finished or still running, not failed."""
+    if "exclusion" not in trials.columns:
+        return trials
+    return trials[trials["exclusion"].isin(["", "in progress"]) & (trials["n_rows"] > 0)]
+
+
+def infinite_k(trials: pd.DataFrame) -> np.ndarray:
+    """K per trial from the config, with K ≥ T as ∞ (the paper's convention)."""
+    k = trials["k"].astype(float).to_numpy()
+    return np.where(k >= trials["total_steps"].astype(float).to_numpy(), math.inf, k)
+
+
+def n_updates(trials: pd.DataFrame) -> pd.Series:
+    """N per trial: the final `feature_updates`, or T/K when it was never reported."""
+    fallback = trials["total_steps"].astype(float) / infinite_k(trials)
+    return trials["feature_updates"].astype(float).fillna(fallback)
+
+
+def is_lazy(trials: pd.DataFrame) -> pd.Series:
+    """K=∞ reference trials: linearised trials whose linearisation point never moved (N = 0).
+
+    Read from N, not K, so the one-shot schedule with t = 0 counts too. Use on finished trials.
+    """
+    return (trials["trainer"] == LINEARISED) & (n_updates(trials) == 0)
+
+
+def is_sgd_limit(trials: pd.DataFrame) -> pd.Series:
+    """K=1 reference trials: linearised trials that moved θ_s after every step (N = T), i.e. SGD."""
+    every_step = n_updates(trials) >= trials["total_steps"].astype(float)
+    return (trials["trainer"] == LINEARISED) & every_step
+
+
+def groups(
+    trials: pd.DataFrame,
+    trainer: str,
+    drop: Iterable[str] = SWEEP_KEYS,
+    running: bool = False,
+) -> list[Group]:
+    """Usable trials of `trainer` (and running ones if `running`), grouped by all keys but `drop`."""
+    subset = drawable(trials) if running else usable(trials)
+    subset = subset[subset["trainer"] == trainer] if "trainer" in subset else subset.iloc[:0]
+    if subset.empty:
+        return []
+    keys = group_keys(subset, drop)
+    label_keys = varying(subset, keys)
+    out = []
+    for values, frame in subset.groupby(keys, dropna=False, sort=True):
+        key = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
+        out.append(Group(key, group_label(key, label_keys), frame))
+    return out
+
+
+def _same_key(frame: pd.DataFrame, key: dict, ignore: Iterable[str]) -> pd.DataFrame:
+    """Rows of `frame` whose values equal `key` on every key not in `ignore` (NaN equals NaN)."""
+    skip = set(ignore)
+    for name, value in key.items():
+        if name in skip or name not in frame.columns:
+            continue
+        if isinstance(value, float) and math.isnan(value):
+            frame = frame[frame[name].isna()]
+        else:
+            frame = frame[frame[name] == value]
+    return frame
+
+
+def borrowed_references(trials: pd.DataFrame, group: Group) -> tuple[pd.DataFrame, str]:
+    """The K=∞ / K=1 trials a group lacks, from trials that differ from it only in schedule.
+
+    A geometric or one-shot schedule has no K=1 trial of its own (and one-shot none at K=∞
+    unless t = 0), yet its limits are the same models: fixed features and SGD. Returns the
+    borrowed trials and a note saying what came from where ('' when nothing was borrowed).
+    """
+    own = group.trials
+    wanted = [(name, test) for name, test in (("K=∞", is_lazy), ("K=1", is_sgd_limit))
+              if not test(own).any()]  # fmt: skip
+    pool = usable(trials)
+    if not wanted or "trainer" not in pool:
+        return own.iloc[:0], ""
+    pool = _same_key(pool[pool["trainer"] == LINEARISED], group.key, SCHEDULE_KEYS)
+    pool = pool[~pool.index.isin(own.index)]
+    parts, notes = [], []
+    for name, test in wanted:
+        found = pool[test(pool)]
+        if len(found):
+            where = ", ".join(sorted(set(found.get("schedule", pd.Series(["?"])).astype(str))))
+            parts.append(found)
+            notes.append(f"{name} level from the schedule={where} trials of the same config")
+    if not parts:
+        return own.iloc[:0], ""
+    return pd.concat(parts), "; ".join(notes)
+
+
+def matching_plain(trials: pd.DataFrame, key: dict, running: bool = False) -> pd.DataFrame:
+    """Usable (or running) plain-trainer trials that solved the problem of the group `key`."""
+    plain = drawable(trials) if running else usable(trials)
+    if "trainer" not in plain:
+        return plain.iloc[:0]
+    plain = _same_key(plain[plain["trainer"] == PLAIN], key, OPTIMISATION_KEYS)
+    if "lr" in key and "optimizer" in plain.columns and len(plain):
+        # per optimizer, the baseline at the group's lr when there is one, else all of them
+        same = plain["lr"] == key["lr"]
+        has_same = same.groupby(plain["optimizer"]).transform("any")
+        plain = plain[same | ~has_same]
+    return plain
+
+
+def baseline_label(trials: pd.DataFrame) -> str:
+    """'plain adam, lr=0.001' for one plain baseline's trials."""
+    first = trials.iloc[0]
+    optimizer = first.get("optimizer", "")
+    lr = first.get("lr", math.nan)
+    return f"plain {optimizer}" + (f", lr={lr:g}" if isinstance(lr, float) and lr == lr else "")
+
+
+def baselines(plain: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Plain trials split into baselines (all keys but the seed), each with a label."""
+    if plain.empty:
+        return []
+    keys = [k for k in group_keys(plain, ("seed",)) if k != "study"]
+    keys = varying(plain, keys)
+    if not keys:
+        return [(baseline_label(plain), plain)]
+    return [(baseline_label(f), f) for _, f in plain.groupby(keys, dropna=False, sort=True)]

@@ -1,0 +1,236 @@
+"""``summary.md``: what was run, what was left out and why, the figures, the fits, the numbers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._config import CI_LEVEL
+from ._fit import MODEL
+from ._groups import usable
+from ._schema import ERROR, config_keys, format_value, varying
+
+FINAL_METRICS = ("test_acc", "test_loss", "train_acc", "train_loss")
+LISTED_TRIALS = 20  # trial ids listed per exclusion reason before "and n more"
+FIGURE_TITLES = {
+    "feature_updates": "Accuracy and loss against the number of feature updates N",
+    "phase_diagram": "Phase diagram: final test accuracy over T × K",
+    "training_curves": "Training curves per K, feature updates marked",
+    "damping": "Gauss-Newton: accuracy and loss against damping λ",
+    "proxy_vs_measure": "Proxy N against measured feature learning (kernel distance)",
+}
+
+
+def final_metrics(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per config group (every key but the seed), over usable trials: seeds, mean and std."""
+    done = usable(trials)
+    keys = ["study", *(k for k in config_keys(done.columns, done.attrs.get("metric_like", ()))
+                       if k != "seed")]  # fmt: skip
+    shown = list(dict.fromkeys(["study", "trainer", "k", *varying(done, keys)]))
+    shown = [k for k in shown if k in done.columns]
+    metrics = [m for m in FINAL_METRICS if m in done.columns]
+    rows = []
+    for _, part in done.groupby(keys, dropna=False, sort=True):
+        row = {k: part[k].iloc[0] for k in shown}
+        row["N"] = part["feature_updates"].mean() if "feature_updates" in part else math.nan
+        row["seeds"] = len(part)
+        for m in metrics:
+            row[f"{m}_mean"], row[f"{m}_std"] = part[m].mean(), part[m].std(ddof=1)
+        if "wall_s" in part:
+            row["wall_s_mean"] = part["wall_s"].mean()
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    order = [c for c in ("study", "trainer", *shown[3:], "k") if c in table.columns]
+    return table.sort_values(order, ignore_index=True)
+
+
+def render_summary(
+    trials: pd.DataFrame,
+    fits: pd.DataFrame,
+    correlations: pd.DataFrame,
+    figures: Mapping[str, Sequence[Path]],
+    skipped: Mapping[str, str],
+    out: Path,
+    dirs: Sequence[Path],
+) -> str:
+    """The markdown text of ``summary.md`` (figure links relative to `out`)."""
+    studies = ", ".join(sorted(set(trials["study"]))) if len(trials) else "(none)"
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        f"# Report: {studies}\n",
+        f"Generated {when} by `python -m reports` from "
+        + ", ".join(f"`{d}`" for d in dirs)
+        + ".\n",
+        _trials_section(trials),
+        _figures_section(figures, skipped, out),
+        _fits_section(fits),
+        _measure_section(correlations, skipped),
+        _finals_section(trials),
+    ]
+    return "\n".join(parts)
+
+
+# ---- sections ----------------------------------------------------------------------------
+def _trials_section(trials: pd.DataFrame) -> str:
+    lines = ["## Trials\n"]
+    rows = []
+    for study, t in trials.groupby("study", sort=True):
+        reasons = t["exclusion"].where(t["exclusion"] != "", "used")
+        counts = reasons.str.replace(r"stopped early.*", "stopped early", regex=True).value_counts()
+        rows.append({"study": study, "trials": len(t), **counts.to_dict()})
+    table = pd.DataFrame(rows).fillna(0)
+    cols = ["study", "trials", "used", "diverged", "errored", "in progress", "pending",
+            "stopped early"]  # fmt: skip
+    cols += [c for c in table.columns if c not in cols]
+    table = table.reindex(columns=cols, fill_value=0)
+    lines.append(markdown_table(table, ints=cols[1:]))
+    lines.append(
+        "\n*used* trials finished normally and enter the fits and final metrics. All others are "
+        "excluded from both: diverged and errored trials always, running and pending ones until "
+        "they finish. Curves of running trials still appear in the training-curve figure.\n"
+    )
+    excluded = trials[trials["exclusion"] != ""]
+    for reason, t in excluded.groupby("exclusion", sort=True):
+        ids = ", ".join(f"`{i}`" for i in t["trial_id"].head(LISTED_TRIALS))
+        more = f" and {len(t) - LISTED_TRIALS} more" if len(t) > LISTED_TRIALS else ""
+        lines.append(f"- **{reason}** ({len(t)}): {ids}{more}")
+    errored = excluded[excluded["status"] == ERROR]
+    if len(errored) and "error" in errored.columns:
+        for _, row in errored.dropna(subset=["error"]).head(5).iterrows():
+            first = str(row["error"]).strip().splitlines()[-1:] or [""]
+            lines.append(f"  - `{row['trial_id']}`: {first[0][:200]}")
+    return "\n".join(lines) + "\n"
+
+
+def _figures_section(
+    figures: Mapping[str, Sequence[Path]], skipped: Mapping[str, str], out: Path
+) -> str:
+    lines = ["## Figures\n"]
+    for name, title in FIGURE_TITLES.items():
+        paths = figures.get(name, [])
+        if paths:
+            png = [p for p in paths if p.suffix == ".png"] or list(paths)
+            links = ", ".join(f"[{p.name}]({_rel(p, out)})" for p in paths)
+            lines.append(f"### {title}\n\nFiles: {links}\n")
+            lines += [f"![{title}]({_rel(p, out)})\n" for p in png if p.suffix in (".png", ".svg")]
+        elif name in skipped:
+            lines.append(f"### {title}\n\nNot drawn: {skipped[name]}.\n")
+    return "\n".join(lines)
+
+
+def _fits_section(fits: pd.DataFrame) -> str:
+    level = f"{CI_LEVEL:.0%}"
+    lines = [
+        "## Fits: test accuracy against the number of feature updates N\n",
+        f"Model: `{MODEL}`.\n",
+        "The levels a_inf and a_1 are the means over seeds of the group's K=∞ and K=1 trials; "
+        "(N₅₀, s) are fitted by least squares to the other trials. N_q recovers a fraction q of "
+        "the gap between the levels: N_q = N₅₀·(q/(1−q))^(1/s). Brackets are "
+        f"{level} percentile intervals from a bootstrap over seeds (trials resampled within each "
+        "K, levels included). All values are in `fits.csv`.\n",
+    ]
+    if fits.empty:
+        return "\n".join([*lines, "No group of linearised trials to fit.\n"])
+    ok, failed = fits[fits["fit_ok"].astype(bool)], fits[~fits["fit_ok"].astype(bool)]
+    if len(ok):
+        table = pd.DataFrame({
+            "group": ok["group"],
+            "a_inf (K=∞)": [_ci(r, "a_inf", "{:.4f}") for _, r in ok.iterrows()],
+            "a_1 (K=1)": [_ci(r, "a_1", "{:.4f}") for _, r in ok.iterrows()],
+            "N₅₀": [_ci(r, "n50", "{:.3g}") for _, r in ok.iterrows()],
+            "N₉₀": [_ci(r, "n90", "{:.3g}") for _, r in ok.iterrows()],
+            "slope s": [_ci(r, "slope", "{:.3g}") for _, r in ok.iterrows()],
+            "rmse": ok["rmse"].map("{:.2g}".format),
+            "trials": ok["n_trials"],
+            "N range": [f"{r['n_min']:g}–{r['n_max']:g}" for _, r in ok.iterrows()],
+            "bootstrap ok": [f"{r['n_boot_ok']}/{r['n_boot']}" for _, r in ok.iterrows()],
+        })  # fmt: skip
+        if "study" in ok and ok["study"].nunique() > 1:
+            table.insert(0, "study", ok["study"].to_numpy())
+        lines.append(markdown_table(table))
+        notes = ok[ok["reason"].astype(str) != ""]
+        lines += [f"\nNote for {r['group']}: {r['reason']}." for _, r in notes.iterrows()]
+        borrowed = ok[ok["levels_from"].astype(str) != "group"]
+        lines += [f"\nLevels for {r['group']}: {r['levels_from']}." for _, r in borrowed.iterrows()]
+    if len(failed):
+        lines.append(f"\n### Fits that failed ({len(failed)})\n")
+        lines += [f"- {r['study']} · {r['group']}: {r['reason']}." for _, r in failed.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def _measure_section(correlations: pd.DataFrame, skipped: Mapping[str, str]) -> str:
+    lines = ["## Proxy against measure\n"]
+    if correlations.empty:
+        reason = skipped.get("proxy_vs_measure", "no kernel_distance_init was recorded")
+        return "\n".join([*lines, f"Skipped: {reason}.\n"])
+    lines.append("Spearman's rank correlation between N (the proxy) and the final "
+                 "`kernel_distance_init` (the measure), over single finished trials:\n")  # fmt: skip
+    table = correlations.assign(
+        spearman_rho=correlations["spearman_rho"].map(
+            lambda v: f"{v:.3f}" if np.isfinite(v) else "–"
+        ),
+        p_value=correlations["p_value"].map(lambda v: f"{v:.2g}" if np.isfinite(v) else "–"),
+    )[["study", "group", "n_trials", "spearman_rho", "p_value"]]
+    return "\n".join([*lines, markdown_table(table)]) + "\n"
+
+
+def _finals_section(trials: pd.DataFrame) -> str:
+    lines = ["## Final metrics per config group\n",
+             "Mean ± standard deviation over seeds of each metric's last value; N is the final "
+             "number of feature updates.\n"]  # fmt: skip
+    table = final_metrics(trials)
+    if table.empty:
+        return "\n".join([*lines, "No finished trial yet.\n"])
+    shown = pd.DataFrame()
+    for col in table.columns:
+        if col.endswith("_std") or col.endswith("_mean"):
+            continue
+        shown[col] = table[col].map(format_value) if col != "seeds" else table[col]
+    for m in FINAL_METRICS:
+        if f"{m}_mean" in table:
+            shown[m] = [f"{a:.4f} ± {b:.4f}" if np.isfinite(b) else f"{a:.4f}"
+                        for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)]  # fmt: skip
+    if "wall_s_mean" in table:
+        shown["wall s"] = table["wall_s_mean"].map(lambda v: f"{v:.3g}")
+    if shown["study"].nunique() == 1:
+        shown = shown.drop(columns="study")
+    return "\n".join([*lines, markdown_table(shown)]) + "\n"
+
+
+# ---- helpers -----------------------------------------------------------------------------
+def _ci(row: pd.Series, name: str, fmt: str) -> str:
+    value, lo, hi = row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi")
+    text = fmt.format(value)
+    if lo is not None and hi is not None and np.isfinite([lo, hi]).all():
+        text += f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return text
+
+
+def _rel(path: Path, out: Path) -> str:
+    try:
+        return path.relative_to(out).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def markdown_table(frame: pd.DataFrame, ints: Sequence[str] = ()) -> str:
+    """A GitHub-flavoured markdown table; `|` in cells escaped."""
+
+    def cell(col: str, value: object) -> str:
+        if col in ints:
+            return str(int(value))
+        text = format_value(value) if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|")
+
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(c, v) for c, v in zip(frame.columns, row, strict=True)) + " |"
+            for row in frame.itertuples(index=False)]  # fmt: skip
+    return "\n".join([header, rule, *body])

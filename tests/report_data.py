@@ -1,0 +1,179 @@
+"""Synthetic study results, written the way the study service writes them.
+
+``results/metrics/<trial_id>.parquet`` (one file per trial, one row per reported step) and
+``results/trials.parquet`` (one row per trial), with the columns of DESIGN.md's results layout.
+Final test accuracy follows the logistic model of ``reports._fit`` with known parameters, so a
+fit can be checked against the truth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+INF = math.inf
+
+
+@dataclass
+class Truth:
+    """The parameters the data are drawn from: acc(N) = a_inf + (a_1 - a_inf)·σ(s·ln(N/n50))."""
+
+    n50: float = 40.0
+    slope: float = 2.0
+    a_inf: float = 0.80
+    a_1: float = 0.95
+    noise: float = 0.004  # per-seed standard deviation of final test accuracy
+
+    def acc(self, n: float) -> float:
+        if n <= 0:
+            return self.a_inf
+        return self.a_inf + (self.a_1 - self.a_inf) / (1 + (n / self.n50) ** -self.slope)
+
+    def n_q(self, q: float) -> float:
+        return self.n50 * (q / (1 - q)) ** (1 / self.slope)
+
+
+BASE_CONFIG = {
+    "trainer": "linearised",
+    "schedule": "uniform",
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "momentum": 0.0,
+    "batch_size": 128,
+    "damping": 1e-3,
+    "solver": "auto",
+    "dataset": "digits",
+    "model": "mlp",
+    "loss": "cross_entropy",
+    "eval_every": 100,
+    "probe_size": 64,
+    "measure_every": 0,
+}
+
+
+@dataclass
+class Spec:
+    """What to generate. Trial ids are ``<study>_<index>``."""
+
+    study: str = "k_sweep"
+    ks: Iterable[float] = (1, 2, 4, 5, 8, 10, 20, 25, 40, 50, 100, 200, INF)
+    seeds: Iterable[int] = (0, 1, 2, 3)
+    total_steps: Iterable[int] = (1000,)
+    truth: Truth = field(default_factory=Truth)
+    plain: Iterable[str] = ("sgd", "adam")  # plain-trainer baselines, one per optimizer
+    gn_dampings: Iterable[float] = ()  # Gauss-Newton trials over damping λ
+    gn_lrs: Iterable[float] = (0.1, 1.0)
+    probe: bool = True  # write kernel_distance_init and friends
+    running: int = 0  # this many linearised trials (1 < K < ∞) stop half way, status RUNNING
+    diverged: int = 0  # this many extra trials diverge
+    errored: int = 0  # this many extra trials error after a few rows
+    trials_table: bool = True  # write results/trials.parquet
+    hive: bool = False  # metrics/trial_id=<id>/part-0.parquet, trial_id only in the path
+    extra_config: dict = field(default_factory=dict)
+
+
+def make_study(root: Path, spec: Spec | None = None, **changes) -> Path:
+    """Write a study folder under `root` and return it."""
+    spec = spec or Spec(**changes)
+    study_dir = Path(root) / spec.study
+    metrics_dir = study_dir / "results" / "metrics"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    trials = []
+    for config, final_acc, fate in _configs(spec, rng):
+        trial_id = f"{spec.study}_{len(trials):05d}"
+        rows = _rows(spec, config, final_acc, fate, rng)
+        frame = pd.DataFrame(rows)
+        frame.insert(0, "trial_id", trial_id)
+        frame.insert(0, "study", spec.study)
+        if spec.hive:
+            part = metrics_dir / f"trial_id={trial_id}"
+            part.mkdir()
+            frame.drop(columns="trial_id").to_parquet(part / "part-0.parquet", index=False)
+        else:
+            frame.to_parquet(metrics_dir / f"{trial_id}.parquet", index=False)
+        last = frame.iloc[-1].to_dict()
+        status = {"ok": "TERMINATED", "running": "RUNNING"}.get(fate, fate.upper())
+        trials.append({**last, "status": status, "started_at": pd.Timestamp("2025-01-01"),
+                       "finished_at": pd.Timestamp("2025-01-01 00:01"), "wall_s": 60.0})  # fmt: skip
+    if spec.trials_table:
+        table = pd.DataFrame(trials).drop(columns=["step", "elapsed_s"])
+        table.to_parquet(study_dir / "results" / "trials.parquet", index=False)
+    return study_dir
+
+
+def _configs(spec: Spec, rng: np.random.Generator):
+    """(config, final test acc, fate) per trial; fate is ok, running, diverged or errored."""
+    base = {**BASE_CONFIG, **spec.extra_config}
+    out = []
+    for total in spec.total_steps:
+        for k in spec.ks:
+            n = 0 if math.isinf(k) else total // k
+            for seed in spec.seeds:
+                acc = spec.truth.acc(n) + spec.truth.noise * rng.standard_normal()
+                out.append(({**base, "k": float(k), "total_steps": total, "seed": seed}, acc, "ok"))
+        for optimizer in spec.plain:
+            for seed in spec.seeds:
+                cfg = {**base, "trainer": "plain", "optimizer": optimizer, "k": 1.0}
+                acc = spec.truth.a_1 + (0.01 if optimizer == "adam" else 0.0)
+                acc += spec.truth.noise * rng.standard_normal()
+                out.append(({**cfg, "total_steps": total, "seed": seed}, acc, "ok"))
+        for lr in spec.gn_lrs if spec.gn_dampings else ():
+            for damping in spec.gn_dampings:
+                for seed in spec.seeds:
+                    cfg = {**base, "trainer": "gauss_newton", "k": 1.0, "lr": lr}
+                    sharp = 1 / (1 + (damping / 1e-2) ** -1.0)  # better with large damping
+                    acc = 0.7 + 0.2 * sharp + 0.05 * lr + 0.003 * rng.standard_normal()
+                    cfg |= {"damping": damping, "total_steps": total, "seed": seed}
+                    out.append((cfg, acc, "ok"))
+    # running trials: K=2 first, so the K=1 and K=∞ references stay complete
+    middle = [i for i, (c, _, _) in enumerate(out)
+              if c["trainer"] == "linearised" and 1 < c["k"] < INF]  # fmt: skip
+    for i in middle[: spec.running]:
+        out[i] = (out[i][0], out[i][1], "running")
+    first = {**base, "k": 3.0, "total_steps": next(iter(spec.total_steps)), "seed": 0}
+    for j in range(spec.diverged):
+        out.append(({**first, "k": 3.0, "seed": 100 + j}, math.nan, "diverged"))
+    for j in range(spec.errored):
+        out.append(({**first, "k": 3.0, "seed": 200 + j}, math.nan, "error"))
+    return out
+
+
+def _rows(spec: Spec, config: dict, final_acc: float, fate: str, rng: np.random.Generator):
+    total, k, every = config["total_steps"], config["k"], config["eval_every"]
+    steps = list(range(0, total + 1, every))
+    if fate == "running":
+        steps = steps[: len(steps) // 2]
+    elif fate in ("diverged", "error"):
+        steps = steps[:3]
+    n_final = 0 if math.isinf(k) else total / k
+    rows = []
+    for i, step in enumerate(steps):
+        progress = 1 - math.exp(-5 * step / total)
+        test_acc = 0.1 + (final_acc - 0.1) * progress if fate != "diverged" else 0.1
+        train_acc = min(1.0, test_acc + 0.04 * progress)
+        updates = 0 if math.isinf(k) else step // int(k)
+        loss = -math.log(max(test_acc, 1e-3))
+        row = {**config, "step": step, "feature_updates": int(updates),
+               "train_loss": 0.8 * loss, "train_acc": train_acc,
+               "test_loss": loss, "test_acc": test_acc,
+               "diverged": False, "elapsed_s": 0.01 * step}  # fmt: skip
+        if fate == "diverged" and i == len(steps) - 1:
+            row |= {"diverged": True, "train_loss": math.inf, "test_loss": math.nan}
+        if spec.probe:
+            drift = 0.5 * (1 - math.exp(-n_final / 50)) * progress
+            row |= {
+                "kernel_distance_init": drift + 0.01 * rng.random(),
+                "kernel_distance_prev": 0.01 * rng.random(),
+                "kernel_velocity": 1e-4 * rng.random(),
+                "kernel_alignment": 0.3 + 0.2 * progress,
+                "param_change": 0.1 * progress,
+                "lin_point_change": 0.05 * progress,
+            }
+        rows.append(row)
+    return rows
