@@ -5,7 +5,7 @@ Model (saturating in log N, levels fixed from the group's reference trials):
     acc(N) = a_inf + (a_1 − a_inf) · σ(s · (ln N − ln N₅₀)),   σ(z) = 1 / (1 + e^(−z))
 
 - a_inf is the mean over seeds of the K=∞ trials (N = 0) and a_1 that of the K=1 trials
-  (N = T): the two limits the paper compares, measured rather than fitted. A group on another
+  (N = T − 1): the two limits the paper compares, measured rather than fitted. A group on another
   schedule (geometric, one-shot) that lacks one takes it from the same config's other-schedule
   trials, and says so in ``levels_from``.
 - (ln N₅₀, ln s) are fitted by least squares (``scipy.optimize.least_squares``) to the

@@ -3,7 +3,8 @@
 A *group* is all usable trials that share every config key except `k`, `seed` and the one-shot
 `one_shot_at` (and the study). In a K sweep that is one curve of accuracy against N; in a
 phase-diagram study each `total_steps` is its own group, so each T gets its own fit. The
-reference levels are read from N: N = 0 is K=∞ (θ_s never moved), N = T is K=1 (SGD).
+reference levels are read from N: N = 0 is K=∞ (θ_s never moved), N = T − 1 is K=1 (SGD;
+θ_s moves before every step but the first, and never after the last).
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def infinite_k(trials: pd.DataFrame) -> np.ndarray:
 
 
 def n_updates(trials: pd.DataFrame) -> pd.Series:
-    """N per trial: the final `feature_updates`, or T/K when it was never reported."""
-    fallback = trials["total_steps"].astype(float) / infinite_k(trials)
+    """N per trial: the final `feature_updates`, or ⌈T/K⌉ − 1 when it was never reported."""
+    fallback = np.ceil(trials["total_steps"].astype(float) / infinite_k(trials)) - 1
     return trials["feature_updates"].astype(float).fillna(fallback)
 
 
@@ -70,8 +71,9 @@ def is_lazy(trials: pd.DataFrame) -> pd.Series:
 
 
 def is_sgd_limit(trials: pd.DataFrame) -> pd.Series:
-    """K=1 reference trials: linearised trials that moved θ_s after every step (N = T), i.e. SGD."""
-    every_step = n_updates(trials) >= trials["total_steps"].astype(float)
+    """K=1 reference trials: linearised trials that moved θ_s before every step but the first
+    (N = T − 1), i.e. SGD."""
+    every_step = n_updates(trials) >= trials["total_steps"].astype(float) - 1
     return (trials["trainer"] == LINEARISED) & every_step
 
 

@@ -3,7 +3,7 @@
 Four panels: test accuracy (with the fitted curve and N₅₀), train accuracy, test loss, train
 loss, so slower optimisation is not mistaken for worse generalisation. Points are the mean
 over seeds with a 95% Student-t band; faint dots are single seeds. K=∞ (N=0) cannot sit on a
-log axis, so it is a dashed level with its band; K=1 (N=T) is both the rightmost point and a
+log axis, so it is a dashed level with its band; K=1 (N=T−1) is both the rightmost point and a
 dotted level. Plain-trainer baselines on the same problem are dash-dotted levels.
 """
 
@@ -229,7 +229,7 @@ def _style_handles(plain_styles: dict[str, tuple]) -> list:
         plt.Rectangle((0, 0), 1, 1, color=grey, alpha=0.25, label="95% CI of the mean"),
         Line2D([], [], color=grey, linewidth=1.1, label="fit (◇ = N₅₀ ± 95% CI)"),
         Line2D([], [], color=grey, label="K=∞ level (N=0)", **LAZY_STYLE),
-        Line2D([], [], color=grey, label="K=1 level (N=T)", **SGD_STYLE),
+        Line2D([], [], color=grey, label="K=1 level (N=T−1)", **SGD_STYLE),
     ]
     for label, style in plain_styles.items():
         handles.append(Line2D([], [], color=grey, linewidth=0.9, label=label, linestyle=style))

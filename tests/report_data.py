@@ -113,7 +113,7 @@ def _configs(spec: Spec, rng: np.random.Generator):
     out = []
     for total in spec.total_steps:
         for k in spec.ks:
-            n = 0 if math.isinf(k) else total // k
+            n = 0 if math.isinf(k) else math.ceil(total / k) - 1  # final feature_updates
             for seed in spec.seeds:
                 acc = spec.truth.acc(n) + spec.truth.noise * rng.standard_normal()
                 out.append(({**base, "k": float(k), "total_steps": total, "seed": seed}, acc, "ok"))
@@ -151,13 +151,14 @@ def _rows(spec: Spec, config: dict, final_acc: float, fate: str, rng: np.random.
         steps = steps[: len(steps) // 2]
     elif fate in ("diverged", "error"):
         steps = steps[:3]
-    n_final = 0 if math.isinf(k) else total / k
+    n_final = 0 if math.isinf(k) else math.ceil(total / k) - 1
     rows = []
     for i, step in enumerate(steps):
         progress = 1 - math.exp(-5 * step / total)
         test_acc = 0.1 + (final_acc - 0.1) * progress if fate != "diverged" else 0.1
         train_acc = min(1.0, test_acc + 0.04 * progress)
-        updates = 0 if math.isinf(k) else step // int(k)
+        # θ_s moves after steps K, 2K, … < T, applied before the next step trains
+        updates = 0 if math.isinf(k) or step == 0 else math.ceil(step / k) - 1
         loss = -math.log(max(test_acc, 1e-3))
         row = {**config, "step": step, "feature_updates": int(updates),
                "train_loss": 0.8 * loss, "train_acc": train_acc,

@@ -79,7 +79,7 @@ def test_load_reads_the_results_layout(full_data):
     lazy = trials[np.isinf(trials["k"]) & trials["usable"]]
     assert (lazy["feature_updates"] == 0).all()  # K=∞: N = 0
     k10 = trials[(trials["k"] == 10) & (trials["total_steps"] == 1000)]
-    assert (k10["feature_updates"] == 100).all()  # N = T/K
+    assert (k10["feature_updates"] == 99).all()  # N = ⌈T/K⌉ − 1: no move after the last step
 
 
 def test_config_keys_leave_out_provenance_and_timings():
@@ -145,10 +145,10 @@ def test_fit_recovers_known_parameters_with_covering_cis(tmp_path: Path):
     for name, value in (("n50", truth.n50), ("slope", truth.slope), ("n90", truth.n_q(0.9))):
         assert fit[f"{name}_lo"] <= value <= fit[f"{name}_hi"], name
     # levels: means of 4 seeds (a percentile bootstrap of 4 values is narrow, so no CI check);
-    # the K=1 trials sit at N = T, a hair below the asymptote a_1: that is the level they measure
+    # the K=1 trials sit at N = T − 1, a hair below the asymptote a_1: that is the level they measure
     se = truth.noise / 2
     assert fit["a_inf"] == pytest.approx(truth.a_inf, abs=4 * se)
-    assert fit["a_1"] == pytest.approx(truth.acc(1000), abs=4 * se)
+    assert fit["a_1"] == pytest.approx(truth.acc(999), abs=4 * se)
     assert fit["a_1_lo"] <= fit["a_1"] <= fit["a_1_hi"]
     assert fit["n_boot_ok"] == 200
 
@@ -308,7 +308,7 @@ def test_other_schedules_borrow_the_levels_they_lack(tmp_path: Path):
     uniform = reports.load_trials(study)
     geometric = uniform[(uniform["k"] > 1) & uniform["usable"]].assign(
         schedule="geometric", trial_id=lambda t: t["trial_id"] + "g"
-    )  # no K=1 (N = T) trial on the geometric schedule
+    )  # no K=1 (N = T − 1) trial on the geometric schedule
     fits = reports.fit_feature_updates(pd.concat([uniform, geometric], ignore_index=True), n_boot=0)
     by_schedule = fits.set_index("schedule")
     assert by_schedule.loc["uniform", "levels_from"] == "group"
