@@ -7,6 +7,7 @@ There is no double-backward through the JVP and no second forward pass: ≈ 5/3 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 import torch
@@ -14,6 +15,8 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+from trainables.models import CNN, MLP
 
 Params = dict[str, torch.Tensor]
 
@@ -65,7 +68,24 @@ def linearised_forward(
     delta: Mapping[str, torch.Tensor] | None,
     x: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(f(x; θ_s), J(x; θ_s)δ) in one forward pass; the tangent is None when δ is None."""
+    """(f(x; θ_s), J(x; θ_s)δ) in one forward pass; the tangent is None when δ is None.
+
+    The primal is differentiable in params_s (when they require grad); the tangent is a value
+    only: never differentiate through it. Chains of known layers take the layer-wise path.
+    """
+    chain = _chain(model, params_s)
+    if chain is not None:
+        return _chain_forward(chain, params_s, delta, x)
+    return _dual_forward(model, params_s, delta, x)
+
+
+def _dual_forward(
+    model: nn.Module,
+    params_s: Mapping[str, torch.Tensor],
+    delta: Mapping[str, torch.Tensor] | None,
+    x: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The general path: forward-mode dual tensors through functional_call (any model)."""
     if delta is None:
         return functional_call(model, dict(params_s), (x,)), None
     with fwAD.dual_level():
@@ -91,7 +111,7 @@ def linearised_grad(
     f_lin = primal.detach() if tangent is None else primal.detach() + tangent.detach()
     f_lin.requires_grad_()
     value = loss_fn(loss, f_lin, y)
-    (g,) = torch.autograd.grad(value, f_lin)
+    (g,) = torch.autograd.grad(value, f_lin)  # as plain's loss.backward(): K=1 is bit-identical
     grads = torch.autograd.grad(primal, list(leaves.values()), grad_outputs=g)
     return list(grads), value.detach(), f_lin.detach()
 
@@ -110,3 +130,124 @@ def linearised_predict(
         primal, tangent = linearised_forward(model, params_s, delta, x[start : start + batch])
         outs.append(primal if tangent is None else primal + tangent)
     return torch.cat(outs)
+
+
+# ---- the layer-wise path for chains of known layers ----------------------------------------
+# MLP and CNN are `self.net(x)` with `net` an nn.Sequential of the layers below. For them the
+# tangent J(θ_s)δ is pushed through each layer's own JVP rule as ordinary tensor ops under
+# no_grad, after an ordinary autograd forward for the primal. Same maths as the dual path
+# (tests/test_performance_paths.py checks both against each other and a dense Jacobian), but
+# without per-op dual dispatch, functional_call's parameter swap, or autograd bookkeeping for
+# the tangent: the backward pass is exactly a plain step's. A model whose forward is anything
+# other than its chain must not be listed in _CHAIN_MODELS.
+_CHAIN_MODELS: tuple[type[nn.Module], ...] = (nn.Sequential, MLP, CNN)
+_LINEAR_LIKE = (nn.Flatten, nn.Identity, nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # tangent = layer(t)
+_CHAIN_LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm, nn.ReLU, nn.Tanh, nn.GELU)
+_chains: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → (chain, names)
+
+# one link: (layer, its weight's key in params, its bias's key, or None where it has none)
+Link = tuple[nn.Module, str | None, str | None]
+
+
+def _chain(model: nn.Module, params: Mapping[str, torch.Tensor]) -> list[Link] | None:
+    """The model as a list of links, or None when it is not a chain of known layers."""
+    if model not in _chains:
+        chain = _build_chain(model)
+        names = None if chain is None else {n for _, w, b in chain for n in (w, b) if n}
+        _chains[model] = (chain, names)
+    chain, names = _chains[model]
+    return chain if chain is not None and names == params.keys() else None
+
+
+def _build_chain(model: nn.Module) -> list[Link] | None:
+    if type(model) not in _CHAIN_MODELS:
+        return None
+    seq, prefix = (model, "") if isinstance(model, nn.Sequential) else (model.net, "net.")
+    if not isinstance(seq, nn.Sequential):
+        return None
+    chain: list[Link] = []
+    for i, layer in enumerate(seq):
+        if not isinstance(layer, _CHAIN_LAYERS + _LINEAR_LIKE) or getattr(layer, "inplace", False):
+            return None
+        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+            return None
+        own = {name for name, _ in layer.named_parameters()}
+        if not own <= {"weight", "bias"}:
+            return None
+        chain.append(
+            (
+                layer,
+                f"{prefix}{i}.weight" if "weight" in own else None,
+                f"{prefix}{i}.bias" if "bias" in own else None,
+            )
+        )
+    return chain
+
+
+def _chain_forward(
+    chain: list[Link],
+    params: Mapping[str, torch.Tensor],
+    delta: Mapping[str, torch.Tensor] | None,
+    x: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    hs = [x]  # the primal activations: autograd keeps them for the backward pass anyway
+    for layer, w, b in chain:
+        hs.append(_layer(layer, hs[-1], _get(params, w), _get(params, b)))
+    if delta is None:
+        return hs[-1], None
+    t = None  # the tangent of the current activation; None while it is still exactly 0
+    with torch.no_grad():
+        for (layer, w, b), h_in, h_out in zip(chain, hs[:-1], hs[1:], strict=True):
+            t = _layer_tangent(
+                layer,
+                h_in,
+                h_out,
+                t,
+                _get(params, w),
+                _get(delta, w),
+                _get(params, b),
+                _get(delta, b),
+            )
+    return hs[-1], torch.zeros_like(hs[-1]) if t is None else t
+
+
+def _get(params: Mapping[str, torch.Tensor] | None, name: str | None) -> torch.Tensor | None:
+    return None if name is None or params is None else params[name]
+
+
+def _layer(layer: nn.Module, h: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None):
+    """layer(h) with the given parameters: the very ops its own forward runs."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(h, w, b)
+    if isinstance(layer, nn.Conv2d):
+        return layer._conv_forward(h, w, b)
+    if isinstance(layer, nn.GroupNorm):
+        return F.group_norm(h, layer.num_groups, w, b, layer.eps)
+    if isinstance(layer, nn.LayerNorm):
+        return F.layer_norm(h, layer.normalized_shape, w, b, layer.eps)
+    return layer(h)
+
+
+def _layer_tangent(layer, h_in, h_out, t, w, dw, b, db) -> torch.Tensor | None:
+    """The tangent of layer's output given its input's tangent t (None: 0) and (dw, db)."""
+    if isinstance(layer, nn.Linear | nn.Conv2d):
+        t_out = _layer(layer, h_in, dw, db)  # ∂/∂θ: the layer at its parameters' tangent
+        if t is None:
+            return t_out
+        if t.ndim == 2 and isinstance(layer, nn.Linear):
+            return t_out.addmm_(t, w.t())  # + ∂/∂input, fused into the same buffer
+        return t_out.add_(_layer(layer, t, w, None))
+    if isinstance(layer, nn.GroupNorm | nn.LayerNorm):
+        with fwAD.dual_level():
+            dual = lambda p, dp: p if p is None or dp is None else fwAD.make_dual(p, dp)  # noqa: E731
+            h = h_in if t is None else fwAD.make_dual(h_in, t)
+            return fwAD.unpack_dual(_layer(layer, h, dual(w, dw), dual(b, db))).tangent
+    if t is None:
+        return None
+    if isinstance(layer, nn.ReLU):
+        return torch.ops.aten.threshold_backward(t, h_out, 0)
+    if isinstance(layer, nn.Tanh):
+        return torch.ops.aten.tanh_backward(t, h_out)
+    if isinstance(layer, nn.GELU):
+        return torch.ops.aten.gelu_backward(t, h_in, approximate=layer.approximate)
+    return layer(t)  # linear layers without parameters: pooling, flatten, identity

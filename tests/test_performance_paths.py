@@ -1,0 +1,121 @@
+"""The fast code paths against the general ones they replace, and both against dense oracles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tests.oracles import dense_jacobian, flat_params, tiny_config
+from trainables import Trial, TrialConfig
+from trainables import linearise as lin
+from trainables.models import build_model
+
+MLP_CASES = [
+    dict(model="mlp", depth=depth, activation=act, norm=norm)
+    for depth in (0, 2)
+    for act in ("relu", "tanh", "gelu")
+    for norm in ("none", "layer", "group")
+    if depth or (act, norm) == ("relu", "none")
+]
+CNN_CASES = [
+    dict(model="cnn", activation=act, norm=norm)
+    for act, norm in (("relu", "none"), ("gelu", "group"), ("tanh", "layer"))
+]
+
+
+def _setup(case: dict, n: int = 5, seed: int = 0):
+    """A float64 model, a batch, θ_s and a tangent δ with the scale of a few SGD steps."""
+    cfg = TrialConfig.from_mapping({"width": 6, "dtype": "float64", "dataset": "digits", **case})
+    shape = (1, 8, 8) if case["model"] == "cnn" else (7,)
+    model = build_model(cfg, shape, 4)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, dtype=torch.float64, generator=g)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    delta = {k: 0.1 * torch.randn(v.shape, dtype=v.dtype, generator=g) for k, v in params.items()}
+    return model, x, params, delta
+
+
+def _dual_only(model: nn.Module):
+    """Force the general dual-tensor path for this model."""
+    lin._chains[model] = (None, None)
+
+
+@pytest.mark.parametrize(
+    "case", MLP_CASES + CNN_CASES, ids=lambda c: "-".join(map(str, c.values()))
+)
+def test_layerwise_tangent_matches_dual_tensors_and_dense_jacobian(case):
+    model, x, params, delta = _setup(case)
+    assert lin._chain(model, params) is not None  # MLP and CNN take the layer-wise path
+    primal, tangent = lin.linearised_forward(model, params, delta, x)
+
+    theta_P = torch.cat([p.reshape(-1) for p in params.values()])
+    J = dense_jacobian(model, theta_P, x)
+    expected = (J @ torch.cat([d.reshape(-1) for d in delta.values()])).view_as(tangent)
+    torch.testing.assert_close(tangent, expected, rtol=1e-10, atol=1e-12)
+
+    _dual_only(model)
+    primal_d, tangent_d = lin.linearised_forward(model, params, delta, x)
+    torch.testing.assert_close(primal, primal_d, rtol=0, atol=0)  # the very same forward ops
+    torch.testing.assert_close(tangent, tangent_d, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "case", MLP_CASES[:3] + CNN_CASES, ids=lambda c: "-".join(map(str, c.values()))
+)
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("at_lin_point", [False, True])
+def test_layerwise_gradient_matches_dual_tensors(case, loss, at_lin_point):
+    model, x, params, delta = _setup(case, n=6, seed=1)
+    y = torch.arange(6) % 4
+    delta = None if at_lin_point else delta
+    grads, value, f_lin = lin.linearised_grad(model, params, delta, x, y, loss)
+    _dual_only(model)
+    grads_d, value_d, f_lin_d = lin.linearised_grad(model, params, delta, x, y, loss)
+    torch.testing.assert_close(f_lin, f_lin_d, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(value, value_d, rtol=1e-12, atol=0)
+    for g, g_d in zip(grads, grads_d, strict=True):
+        torch.testing.assert_close(g, g_d, rtol=1e-10, atol=1e-13)
+
+
+def test_models_that_are_not_known_chains_take_the_dual_path():
+    class Residual(nn.Module):  # forward is not its chain: must not be treated as one
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+
+        def forward(self, x):
+            return x + self.net(x)
+
+    model = Residual().double()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    assert lin._chain(model, params) is None
+    x = torch.randn(4, 3, dtype=torch.float64)
+    delta = {k: torch.randn_like(v) for k, v in params.items()}
+    _, tangent = lin.linearised_forward(model, params, delta, x)
+    theta_P = torch.cat([p.reshape(-1) for p in params.values()])
+    J = dense_jacobian(model, theta_P, x)
+    expected = (J @ torch.cat([d.reshape(-1) for d in delta.values()])).view_as(tangent)
+    torch.testing.assert_close(tangent, expected)
+
+    seq = nn.Sequential(nn.Linear(3, 3), nn.Softplus()).double()  # an unknown layer
+    assert lin._chain(seq, {k: v.detach() for k, v in seq.named_parameters()}) is None
+
+
+def test_cnn_k1_follows_plain_sgd_step_for_step():
+    """K=1 takes the layer-wise path's gradient at θ = θ_s: bit for bit plain SGD, on a CNN too."""
+    cfg = tiny_config(
+        dataset="digits", model="cnn", width=4, n_train=64, n_test=32, batch_size=16,
+        probe_size=0, momentum=0.9,
+    )  # fmt: skip
+    plain, lin1 = (
+        Trial({**cfg, "trainer": "plain"}),
+        Trial({**cfg, "trainer": "linearised", "k": 1}),
+    )
+    for _ in range(8):
+        plain.advance()
+        lin1.advance()
+        torch.testing.assert_close(
+            flat_params(lin1.model), flat_params(plain.model), rtol=0, atol=0
+        )
+    assert lin1.feature_updates == 7
