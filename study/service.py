@@ -149,6 +149,10 @@ def prepare(options: StudyOptions) -> Prepared:
     _check_counts(options)
     if options.retry_errored and not options.resume:
         raise StudyError("--retry-errored applies to --resume only")
+    if not options.resume and not options.space:
+        raise StudyError("--space is required for a new study; see --list for the spaces")
+    if options.resume and not (options.name or options.space):
+        raise StudyError("--resume needs --name: the study to continue")
     if options.space:
         get_space(options.space)  # an unknown space is named as such, before the name
     name = check_name(options.name or options.space or "", "--name")

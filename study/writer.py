@@ -18,14 +18,25 @@ from study.results import (
     utc,
 )
 from study.storage import remove_stale_tmp, results_dir, write_parquet_atomic
+from trainables import TrialConfig
 
 
 def trial_status(trial: Any) -> str:
-    """Tune's status, with finished trials whose last record diverged as DIVERGED."""
+    """Tune's status, made precise: DIVERGED for a finished trial whose last record diverged,
+    PENDING for one Tune stopped on an interrupt before its last record (a resume continues it).
+    """
     status = str(trial.status)
-    if status == "TERMINATED" and bool((trial.last_result or {}).get("diverged")):
+    if status != "TERMINATED":
+        return status
+    last = trial.last_result or {}
+    if last.get("diverged"):
         return "DIVERGED"
-    return status
+    total_steps = TrialConfig.from_mapping(_config_keys(trial.config)).total_steps
+    return "TERMINATED" if last.get("step", -1) >= total_steps else "PENDING"
+
+
+def _config_keys(config: dict | None) -> dict[str, Any]:
+    return {k: v for k, v in (config or {}).items() if k in CONFIG_NAMES}
 
 
 class TrialsWriter(Callback):
@@ -90,7 +101,7 @@ class TrialsWriter(Callback):
 
         last = dict(trial.last_result or {})
         status = trial_status(trial)
-        config = {k: v for k, v in (trial.config or {}).items() if k in CONFIG_NAMES}
+        config = _config_keys(trial.config)
         finished = status in ("TERMINATED", "DIVERGED", "ERROR")
         finished_at = self._finished_at.get(trial.trial_id, last.get("reported_at"))
         has_record = "step" in last

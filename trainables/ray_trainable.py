@@ -77,6 +77,7 @@ def _node() -> str:
 
 
 def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
+    entered_at = time.time()  # the trial's start, before imports and data loading
     import torch
     from ray import tune
 
@@ -90,7 +91,7 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
     fs, results = _results_location()
     trial = Trial(config, device=device)
     rows: list[dict[str, Any]] = []
-    meta = {"attempt": 0, "started_at": time.time(), "wall_s": 0.0}
+    meta = {"attempt": 0, "started_at": entered_at, "wall_s": 0.0}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -100,7 +101,7 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
             rows = pq.read_table(os.path.join(directory, _ROWS_FILE)).to_pylist()
         trial.load_state_dict(saved["trial"])
         meta = dict(saved["adapter"], attempt=saved["adapter"]["attempt"] + 1)
-    attempt_t0 = time.time()
+    attempt_t0 = entered_at
     fixed = {
         "study": settings.study,
         "trial_id": trial_id,
