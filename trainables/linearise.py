@@ -190,25 +190,20 @@ def _chain_forward(
     delta: Mapping[str, torch.Tensor] | None,
     x: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    hs = [x]  # the primal activations: autograd keeps them for the backward pass anyway
+    grad_on = torch.is_grad_enabled()
+    h, t = x, None  # t: the tangent of h; None while it is still exactly 0
     for layer, w, b in chain:
-        hs.append(_layer(layer, hs[-1], _get(params, w), _get(params, b)))
-    if delta is None:
-        return hs[-1], None
-    t = None  # the tangent of the current activation; None while it is still exactly 0
-    with torch.no_grad():
-        for (layer, w, b), h_in, h_out in zip(chain, hs[:-1], hs[1:], strict=True):
+        h_out = _layer(layer, h, _get(params, w), _get(params, b))
+        if delta is not None:  # layer by layer, so only autograd's saved tensors stay alive
+            torch.set_grad_enabled(False)
             t = _layer_tangent(
-                layer,
-                h_in,
-                h_out,
-                t,
-                _get(params, w),
-                _get(delta, w),
-                _get(params, b),
-                _get(delta, b),
+                layer, h, h_out, t, _get(params, w), _get(delta, w), _get(params, b), _get(delta, b)
             )
-    return hs[-1], torch.zeros_like(hs[-1]) if t is None else t
+            torch.set_grad_enabled(grad_on)
+        h = h_out
+    if delta is None:
+        return h, None
+    return h, torch.zeros_like(h) if t is None else t
 
 
 def _get(params: Mapping[str, torch.Tensor] | None, name: str | None) -> torch.Tensor | None:
