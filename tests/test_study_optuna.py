@@ -17,7 +17,7 @@ from study.service import EXIT_INTERRUPTED, StudyOptions, run_study
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
-NUM_SAMPLES = 6
+NUM_SAMPLES = 4
 
 
 class InterruptOnce(tune.Callback):
