@@ -162,7 +162,13 @@ def prepare(options: StudyOptions) -> Prepared:
         spec = new_spec(options)
         return Prepared(spec=spec, plan=build_plan(spec), paths=paths, resume=False)
     check_resumable(paths)
-    spec = StudySpec.from_json(read_json(paths.storage.fs, paths.spec), paths.spec)
+    try:
+        saved = read_json(paths.storage.fs, paths.spec)
+    except (OSError, ValueError) as exc:
+        raise StudyError(
+            f"cannot resume: {paths.display(paths.spec)} is unreadable ({exc})"
+        ) from None
+    spec = StudySpec.from_json(saved, paths.display(paths.spec))
     given = {f.name: getattr(options, f.name, None) for f in dataclasses.fields(StudySpec)}
     given["overrides"] = parse_overrides(options.overrides)
     if "data_dir" in given["overrides"]:

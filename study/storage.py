@@ -23,6 +23,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SPEC_FILE = "study.json"  # what the study remembers: space, overrides, searcher, ...
 RESULTS_DIR = "results"
 STATE_PATTERN = re.compile(r"^experiment_state-.*\.json$")  # Tune's experiment snapshot
+# Pickles Tune loads on resume (the newest of each); a damaged one makes it start over too.
+RESUME_PICKLES = (
+    re.compile(r"^searcher-state-.*\.pkl$"),
+    re.compile(r"^search_gen_state-.*\.json$"),
+    re.compile(r"^basic-variant-state-.*\.json$"),
+    re.compile(r"^callback-states-.*\.pkl$"),
+)
 TUNER_FILE = "tuner.pkl"  # Tune's restore entry point
 
 
@@ -211,8 +218,10 @@ def check_resumable(paths: StudyPaths) -> str:
                 f"cannot resume: {paths.display(required)} is missing or empty; "
                 f"the study cannot be resumed (delete {paths.display(paths.experiment)} to start over)"
             )
-    listing = fs.get_file_info(pafs.FileSelector(paths.experiment))
-    states = sorted(i.path for i in listing if STATE_PATTERN.match(PurePosixPath(i.path).name))
+    names = sorted(
+        PurePosixPath(i.path).name for i in fs.get_file_info(pafs.FileSelector(paths.experiment))
+    )
+    states = [n for n in names if STATE_PATTERN.match(n)]
     if not states:
         missing = PurePosixPath(paths.experiment, "experiment_state-<timestamp>.json")
         raise StudyError(
@@ -220,18 +229,44 @@ def check_resumable(paths: StudyPaths) -> str:
             "(the study was stopped before Ray Tune saved it); "
             f"delete {paths.display(paths.experiment)} to start over"
         )
-    newest = states[-1]  # Tune restores from the newest name, whatever its content
+    newest = str(PurePosixPath(paths.experiment, states[-1]))  # Tune takes the newest name
     try:
-        with fs.open_input_stream(newest) as f:
-            raw = f.readall()
+        raw = _read(fs, newest)
         state = json.loads(raw) if raw.strip() else None
         trial_data = state.get("trial_data") if isinstance(state, dict) else None
         if not trial_data or "runner_data" not in state:
             raise ValueError("empty" if not raw.strip() else "no trials in it")
     except (OSError, ValueError) as exc:
-        raise StudyError(
-            f"cannot resume: the experiment state {paths.display(newest)} is unreadable ({exc}); "
-            "Ray Tune would silently start over, so nothing was run. Move that file away "
-            "to resume from an older snapshot, if one exists"
-        ) from None
+        raise _unreadable(paths, "the experiment state " + paths.display(newest), exc) from None
+    _check_pickle(paths, str(PurePosixPath(paths.experiment, TUNER_FILE)))
+    for pattern in RESUME_PICKLES:
+        matching = [n for n in names if pattern.match(n)]
+        if matching:
+            _check_pickle(paths, str(PurePosixPath(paths.experiment, matching[-1])))
     return newest
+
+
+def _read(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.readall()
+
+
+def _check_pickle(paths: StudyPaths, path: str) -> None:
+    import pickle
+
+    try:
+        raw = _read(paths.storage.fs, path)
+        if not raw:
+            raise ValueError("empty")
+        pickle.loads(raw)  # the study's own files: as trusted as Tune's restore needs them
+    except Exception as exc:
+        raise _unreadable(paths, paths.display(path), exc) from None
+
+
+def _unreadable(paths: StudyPaths, what: str, exc: BaseException) -> StudyError:
+    reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+    return StudyError(
+        f"cannot resume: {what} is unreadable ({reason}); Ray Tune would silently start "
+        "over, so nothing was run. Move that file away to resume from an older snapshot, "
+        "if one exists"
+    )

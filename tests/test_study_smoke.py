@@ -117,23 +117,31 @@ def test_an_existing_name_without_resume_is_refused_untouched(
     assert _tree(storage) == before
 
 
-@pytest.mark.parametrize("damage", ["empty", "garbage", "missing"])
+@pytest.mark.parametrize("damage", ["empty", "garbage", "missing", "searcher", "tuner"])
 def test_resume_refuses_a_damaged_experiment_state(
     smoke_study: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
 ) -> None:
     """Ray would silently start over (RAY_NOTES trap 1); we exit 2 naming the file."""
     storage = tmp_path / "copy"
     shutil.copytree(smoke_study[0], storage)
-    states = sorted((storage / "smoke").glob("experiment_state-*.json"))
+    experiment = storage / "smoke"
+    states = sorted(experiment.glob("experiment_state-*.json"))
     assert states
-    if damage == "missing":
+    damaged = {
+        "empty": states[-1],
+        "garbage": states[-1],
+        "missing": None,
+        "searcher": sorted(experiment.glob("basic-variant-state-*.json"))[-1],
+        "tuner": experiment / "tuner.pkl",
+    }[damage]
+    if damaged is None:
         for state in states:
             state.unlink()
     else:
-        states[-1].write_text("" if damage == "empty" else '{"trial_data": [')
+        damaged.write_bytes(b'{"trial_data": [' if damage == "garbage" else b"")
     before = _tree(storage)
     assert main(["--resume", "--name", "smoke", "--storage", str(storage)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "experiment state" in err
-    assert ("experiment_state-" in err) and (damage == "missing" or states[-1].name in err)
+    assert len(err.splitlines()) == 1 and err.startswith("error: cannot resume: ")
+    assert ("experiment_state-" in err) if damaged is None else (damaged.name in err)
     assert _tree(storage) == before
