@@ -15,7 +15,7 @@ the general dual-tensor path (what every model ran before the layer-wise path). 
 With --compile: K=∞ through torch.compile of the layer-wise step.
 
 Evidence (2 shared, noisy cores, torch 2.14.1 CPU, 1 thread, median of paired ratios, digits
-MLP 64→128→128→10 and CNN width 32 on 8×8, batch 128):
+MLP 64→128→128→10 and CNN 32 channels on 8×8, batch 128):
 - dual tensors: MLP 2.4×, CNN 1.7× plain (per-op dual dispatch and functional_call's swap);
 - layer-wise tangent (adopted): see the table this prints; at or under 1.7× on both;
 - torch.func.jvp with autograd through the primal: 3.0-3.3× on the MLP (worse than duals);
@@ -128,7 +128,7 @@ def main() -> None:
     p = C.parser(__doc__)
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--cnn-width", type=int, default=32, help="CNN channels in its first block")
+    p.add_argument("--cnn-channels", type=int, default=32, help="CNN channels, first block")
     p.add_argument("--image-shape", default=None, help="CxHxW: synthetic images, e.g. 3x32x32")
     p.add_argument("--alternatives", action="store_true", help="also func.jvp, channels-last")
     p.add_argument("--compile", action="store_true", help="also torch.compile (slow to compile)")
@@ -147,8 +147,9 @@ def main() -> None:
     for model in args.models.split(","):
         base = dict(
             model=model, batch_size=batch, total_steps=100_000, probe_size=0, lr=0.01,
-            width=(4 if args.smoke else args.cnn_width) if model == "cnn" else 128,
         )  # fmt: skip
+        if model == "cnn":
+            base["channels"] = 4 if args.smoke else args.cnn_channels
         fns = variants(base, device, data, args.alternatives or args.smoke, args.compile)
         reps = 5 if args.smoke else 10 if model == "cnn" else 50  # 10, 50: whole K=10 phases
         times = C.interleaved(fns, rounds, reps, device)

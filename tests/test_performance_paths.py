@@ -6,9 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from tests.oracles import dense_jacobian, flat_params, tiny_config
+from tests.oracles import dense_jacobian, dense_output_hessian, flat_params, tiny_config
 from trainables import Trial, TrialConfig
+from trainables import jacobian as jac
 from trainables import linearise as lin
+from trainables.gauss_newton import gauss_newton_direction
+from trainables.measures import empirical_ntk
 from trainables.models import build_model
 
 MLP_CASES = [
@@ -26,7 +29,8 @@ CNN_CASES = [
 
 def _setup(case: dict, n: int = 5, seed: int = 0):
     """A float64 model, a batch, θ_s and a tangent δ with the scale of a few SGD steps."""
-    cfg = TrialConfig.from_mapping({"width": 6, "dtype": "float64", "dataset": "digits", **case})
+    size = {"width": 16} if case["model"] == "mlp" else {"channels": 2}
+    cfg = TrialConfig.from_mapping({**size, "dtype": "float64", "dataset": "digits", **case})
     shape = (1, 8, 8) if case["model"] == "cnn" else (7,)
     model = build_model(cfg, shape, 4)
     g = torch.Generator().manual_seed(seed)
@@ -105,7 +109,7 @@ def test_models_that_are_not_known_chains_take_the_dual_path():
 def test_cnn_k1_follows_plain_sgd_step_for_step():
     """K=1 takes the layer-wise path's gradient at θ = θ_s: bit for bit plain SGD, on a CNN too."""
     cfg = tiny_config(
-        dataset="digits", model="cnn", width=4, n_train=64, n_test=32, batch_size=16,
+        dataset="digits", model="cnn", channels=4, n_train=64, n_test=32, batch_size=16,
         probe_size=0, momentum=0.9,
     )  # fmt: skip
     plain, lin1 = (
@@ -119,3 +123,71 @@ def test_cnn_k1_follows_plain_sgd_step_for_step():
             flat_params(lin1.model), flat_params(plain.model), rtol=0, atol=0
         )
     assert lin1.feature_updates == 7
+
+
+# ---- Gauss-Newton and kernels: the structured and reuse paths ------------------------------
+def _flat(params: dict) -> torch.Tensor:
+    return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+@pytest.mark.parametrize(
+    "case", MLP_CASES + CNN_CASES[:1], ids=lambda c: "-".join(map(str, c.values()))
+)
+def test_output_kernel_and_transpose_match_dense_jacobian(case):
+    model, x, params, _ = _setup(case, n=4)
+    structured = jac.linear_chain(model, params) is not None
+    assert structured == (case["model"] == "mlp" and case.get("norm") == "none")
+    K, out, jt = jac.output_kernel(model, params, x)
+    J = dense_jacobian(model, _flat(params), x)
+    torch.testing.assert_close(K, J @ J.T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out, model(x), rtol=0, atol=1e-14)
+    u = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(jt(u), J.T @ u.reshape(-1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "case", MLP_CASES[1:4] + CNN_CASES, ids=lambda c: "-".join(map(str, c.values()))
+)
+def test_chain_linearisation_products_match_dense_jacobian(case):
+    model, x, params, delta = _setup(case, n=4)
+    out, jvp_fn, vjp_fn = lin.chain_linearisation(model, params, x)
+    J = dense_jacobian(model, _flat(params), x)
+    torch.testing.assert_close(out, model(x), rtol=0, atol=0)
+    for _ in range(2):  # products can be repeated on the one forward
+        torch.testing.assert_close(
+            jvp_fn(delta).reshape(-1), J @ _flat(delta), rtol=1e-10, atol=1e-12
+        )
+        u = torch.randn(out.shape, dtype=torch.float64)
+        torch.testing.assert_close(_flat(vjp_fn(u)), J.T @ u.reshape(-1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "case", [MLP_CASES[4], CNN_CASES[1]], ids=["mlp-layernorm", "cnn-groupnorm"]
+)
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_gauss_newton_on_models_without_the_structured_kernel(case, loss, solver):
+    """MLPs with norms and CNNs materialise J (exact) and use the generic products (cg)."""
+    model, x, params, _ = _setup(case, n=5)
+    y = torch.arange(5) % 4
+    J = dense_jacobian(model, _flat(params), x)
+    out = model(x).detach()
+    H = dense_output_hessian(loss, out)
+    grad = J.T @ lin.output_grad(loss, out, y).reshape(-1)
+    G = J.T @ H @ J
+    expected = torch.linalg.solve(G + 0.1 * torch.eye(G.shape[0], dtype=G.dtype), grad)
+    d, _, info = gauss_newton_direction(
+        model, params, x, y, loss, 0.1, solver=solver, cg_tol=1e-12, cg_max_iter=5000
+    )
+    assert info.solver == solver
+    torch.testing.assert_close(_flat(d), expected, rtol=1e-7, atol=1e-9 * expected.norm().item())
+
+
+def test_structured_kernels_for_the_probe_measures():
+    model, x, params, _ = _setup(MLP_CASES[1], n=6)
+    J = dense_jacobian(model, _flat(params), x).view(6, 4, -1)
+    v = torch.tensor([0.5, -0.5, 0.5, 0.5], dtype=torch.float64)
+    K_trace = torch.einsum("ncp,mcp->nm", J, J)
+    Jv = torch.einsum("c,ncp->np", v, J)
+    torch.testing.assert_close(empirical_ntk(model, params, x, "trace", v), K_trace)
+    torch.testing.assert_close(empirical_ntk(model, params, x, "projected", v), Jv @ Jv.T)

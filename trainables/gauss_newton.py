@@ -1,8 +1,13 @@
 """Damped Gauss-Newton directions d = (G + λI)⁻¹∇L with G = JᵀHJ, exact or matrix-free.
 
-- exact (kernel form): d = Jᵀ(H·JJᵀ + λI)⁻¹g, an n·c × n·c LU solve, exact at any λ > 0.
+- exact (kernel form): d = Jᵀ(H·JJᵀ + λI)⁻¹g, an n·c × n·c solve, exact at any λ > 0.
+  K = JJᵀ is built from per-layer factors for chains of Linear layers ((nc)²·d FLOPs a layer,
+  J never exists; jacobian.output_kernel), else from J materialised once. H·K goes block by
+  block; the solve is Cholesky for MSE (K/n + λI is SPD) and LU for cross-entropy.
   At λ = 0 it returns the limit G⁺∇L through the symmetric form S·JJᵀ·S with S = H^½.
-- cg: conjugate gradient on G + λI; each GGN-vector product is one JVP, H, then one VJP.
+- cg: conjugate gradient on G + λI; each GGN-vector product is one JVP, H, then one VJP, all on
+  one forward pass (chains rerun only the tangent pass; linearise.chain_linearisation).
+- auto: whichever a cost model predicts is faster (see choose_solver).
 """
 
 from __future__ import annotations
@@ -13,8 +18,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from trainables.jacobian import Params, flatten, jacobian, unflatten
-from trainables.linearise import loss_fn, output_grad, output_hessian, output_hessian_vp
+from trainables.jacobian import Params, flatten, output_kernel, unflatten
+from trainables.linearise import (
+    chain_linearisation,
+    loss_fn,
+    output_grad,
+    output_hessian,
+    output_hessian_vp,
+)
 
 
 @dataclass
@@ -65,22 +76,31 @@ def gauss_newton_direction(
 
 def _exact(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode):
     n, c = out_BxC.shape
-    J_NCxP = jacobian(model, params, x).reshape(n * c, -1)
-    K_NCxNC = J_NCxP @ J_NCxP.T
-    H_NCxNC = output_hessian(loss, out_BxC)
-    HK = H_NCxNC @ K_NCxNC
-    lam = (
-        damping * (HK.diagonal().sum().item() / J_NCxP.shape[1])
-        if damping_mode == "relative"
-        else damping
-    )
+    K_NCxNC, _, jt = output_kernel(model, params, x)
+    HK = _block_hessian_times(loss, out_BxC, K_NCxNC)
+    p = sum(t.numel() for t in params.values())
+    lam = damping * (HK.diagonal().sum().item() / p) if damping_mode == "relative" else damping
     g_NC = g_BxC.reshape(-1)
     if lam > 0:
-        eye = torch.eye(n * c, dtype=HK.dtype, device=HK.device)
-        coef_NC = torch.linalg.solve(HK + lam * eye, g_NC)
+        HK.diagonal().add_(lam)
+        if loss == "mse":  # K/n + λI is symmetric positive definite: Cholesky, half LU's work
+            coef_NC = torch.cholesky_solve(g_NC[:, None], torch.linalg.cholesky(HK))[:, 0]
+        else:
+            coef_NC = torch.linalg.solve(HK, g_NC)
     else:
-        coef_NC = _min_norm_coefficients(K_NCxNC, H_NCxNC, g_NC, n, c)
-    return J_NCxP.T @ coef_NC, SolveInfo("exact", lam)
+        coef_NC = _min_norm_coefficients(K_NCxNC, output_hessian(loss, out_BxC), g_NC, n, c)
+    return jt(coef_NC.view(n, c)), SolveInfo("exact", lam)
+
+
+def _block_hessian_times(loss: str, out_BxC: torch.Tensor, M_NCxM: torch.Tensor) -> torch.Tensor:
+    """H M for the block-diagonal output Hessian H, block by block: (nc)²·c FLOPs, not (nc)³."""
+    n, c = out_BxC.shape
+    V_BxCxM = M_NCxM.view(n, c, -1)
+    if loss == "mse":
+        return M_NCxM / n
+    p_BxCx1 = out_BxC.softmax(1).unsqueeze(2)
+    HV = p_BxCx1 * (V_BxCxM - (p_BxCx1 * V_BxCxM).sum(1, keepdim=True)) / n
+    return HV.reshape(n * c, -1)
 
 
 def _min_norm_coefficients(K, H, g, n, c):
@@ -98,17 +118,13 @@ def _min_norm_coefficients(K, H, g, n, c):
 
 
 def _cg(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode, tol, max_iter):
-    def f(p: Params) -> torch.Tensor:
-        return functional_call(model, p, (x,))
-
-    _, vjp_fn = vjp(f, params)
+    jvp_fn, vjp_fn = _products(model, params, x)
 
     def jt(u_BxC: torch.Tensor) -> torch.Tensor:
-        return flatten(vjp_fn(u_BxC)[0])
+        return flatten(vjp_fn(u_BxC))
 
     def ggn(v_P: torch.Tensor) -> torch.Tensor:
-        _, jv_BxC = jvp(f, (params,), (unflatten(v_P, params),))
-        return jt(output_hessian_vp(loss, out_BxC, jv_BxC))
+        return jt(output_hessian_vp(loss, out_BxC, jvp_fn(unflatten(v_P, params))))
 
     grad_P = jt(g_BxC)
     lam = damping
@@ -116,6 +132,19 @@ def _cg(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode, tol, max_
         lam = damping * _hutchinson_mean_diag(ggn, grad_P)
     d_P, iters, rel = conjugate_gradient(lambda v: ggn(v) + lam * v, grad_P, tol, max_iter)
     return d_P, SolveInfo("cg", lam, iters, rel)
+
+
+def _products(model: nn.Module, params: Params, x: torch.Tensor):
+    """(δ ↦ Jδ, u ↦ Jᵀu) at params, reusing one forward pass for every product."""
+    linearised = chain_linearisation(model, params, x)
+    if linearised is not None:  # chains: the tangent pass alone over stored activations
+        return linearised[1], linearised[2]
+
+    def f(p: Params) -> torch.Tensor:
+        return functional_call(model, p, (x,))
+
+    _, vjp_fn = vjp(f, params)
+    return (lambda delta: jvp(f, (params,), (delta,))[1]), (lambda u: vjp_fn(u)[0])
 
 
 def _hutchinson_mean_diag(ggn, like_P: torch.Tensor, probes: int = 8) -> float:

@@ -8,7 +8,7 @@ There is no double-backward through the JVP and no second forward pass: ≈ 5/3 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -246,3 +246,46 @@ def _layer_tangent(layer, h_in, h_out, t, w, dw, b, db) -> torch.Tensor | None:
     if isinstance(layer, nn.GELU):
         return torch.ops.aten.gelu_backward(t, h_in, approximate=layer.approximate)
     return layer(t)  # linear layers without parameters: pooling, flatten, identity
+
+
+def chain_linearisation(
+    model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, Callable, Callable] | None:
+    """(f(x; θ), δ ↦ J δ, u ↦ Jᵀu) from one forward pass, for repeated products (CG).
+
+    J δ reruns only the tangent pass over the stored activations; Jᵀu is a backward pass through
+    the retained graph. Both take and give dicts of tensors. None when the model is not a chain.
+    """
+    chain = _chain(model, params)
+    if chain is None:
+        return None
+    leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
+    links, h = [], x
+    with torch.enable_grad():
+        for layer, w, b in chain:
+            h_out = _layer(layer, h, _get(leaves, w), _get(leaves, b))
+            links.append((layer, w, b, h.detach(), h_out.detach()))
+            h = h_out
+    out = h
+
+    @torch.no_grad()
+    def jvp(delta: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        t = None
+        for layer, w, b, h_in, h_out in links:
+            t = _layer_tangent(
+                layer,
+                h_in,
+                h_out,
+                t,
+                _get(params, w),
+                _get(delta, w),
+                _get(params, b),
+                _get(delta, b),
+            )
+        return torch.zeros_like(out) if t is None else t
+
+    def vjp(u: torch.Tensor) -> dict[str, torch.Tensor]:
+        grads = torch.autograd.grad(out, list(leaves.values()), grad_outputs=u, retain_graph=True)
+        return dict(zip(leaves, grads, strict=True))
+
+    return out.detach(), jvp, vjp

@@ -7,6 +7,9 @@ phase, so K=∞ measures exactly 0 kernel change); for plain and Gauss-Newton tr
 Kernels (n × n on the probe batch):
 - ``trace``: Σ_c J_c J_cᵀ, the trace over outputs of the full n·c × n·c NTK; costs n·c VJPs.
 - ``projected``: (vᵀJ)(vᵀJ)ᵀ for a fixed random unit output direction v; costs n VJPs.
+
+For chains of Linear layers (the MLP without norms) neither materialises J: one forward and
+c (trace) or 1 (projected) backward passes give each layer's factors (jacobian.py).
 """
 
 from __future__ import annotations
@@ -15,13 +18,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.jacobian import Params, jacobian, projected_jacobian
+from trainables.jacobian import (
+    Params,
+    jacobian,
+    linear_chain,
+    linear_chain_factors,
+    projected_jacobian,
+    summed_kernel_from_factors,
+)
 
 
 def empirical_ntk(
     model: nn.Module, params: Params, x: torch.Tensor, kind: str, v_C: torch.Tensor
 ) -> torch.Tensor:
     """The n × n probe kernel of the given kind ("trace" or "projected")."""
+    params = {k: v.detach() for k, v in params.items()}
+    chain = linear_chain(model, params)
+    if chain is not None:  # chains of Linear layers: from c (trace) or 1 backward pass, no J
+        n, c = x.shape[0], v_C.shape[0]
+        cotangents = None if kind == "trace" else v_C.expand(1, n, c)
+        return summed_kernel_from_factors(linear_chain_factors(chain, params, x, cotangents))
     if kind == "trace":
         J_NxCxP = jacobian(model, params, x)
         return torch.einsum("ncp,mcp->nm", J_NxCxP, J_NxCxP)
