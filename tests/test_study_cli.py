@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def test_resume_with_different_options_is_refused(
     spec = {"format": 1, "space": "smoke", "searcher": "grid", "num_samples": 1,
             "overrides": {"total_steps": 20}, "data_dir": "/tmp/data"}  # fmt: skip
     (study / SPEC_FILE).write_text(json.dumps(spec))
-    (study / "tuner.pkl").write_bytes(b"x")
+    (study / "tuner.pkl").write_bytes(pickle.dumps({}))
     (study / "experiment_state-2026-01-01_00-00-00.json").write_text(
         json.dumps({"trial_data": [["{}", "{}"]], "runner_data": {}})
     )
