@@ -53,7 +53,7 @@ class Space:
     mode: str = "max"
     searcher: str = "grid"  # default searcher: grid | random | optuna
     num_samples: int = 1  # grid: repeats with fresh seeds; random/optuna: trials
-    seconds_per_trial: float = 5.0  # measured mean wall time of one trial, 1 CPU, digits
+    seconds_per_trial: float = 5.0  # measured wall time of one trial in a study, 1 CPU each
     smoke: Mapping[str, Any] = field(default_factory=dict)  # --smoke: list → grid, else fixed
     trainable: str = "ilstudy_trial"  # name registered by trainables.ray_trainable
 

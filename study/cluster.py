@@ -89,7 +89,8 @@ def connect(address: str | None, verbose: bool = False) -> Connection:
         return Connection(address=address, owned=False)
     common: dict[str, Any] = {
         "log_to_driver": verbose,
-        "logging_level": logging.INFO if verbose else logging.WARNING,
+        # ERROR still shows trial failures; --verbose shows Ray's warnings and info too.
+        "logging_level": logging.INFO if verbose else logging.ERROR,
     }
     if address:
         ray.init(address=address, runtime_env=runtime_env(), **common)

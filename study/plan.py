@@ -17,7 +17,7 @@ from trainables import TrialConfig
 
 SEED_STRIDE = 1000  # repeat r of a grid uses seed + r·SEED_STRIDE
 _MAX_CHECKED = 20_000  # configs validated one by one before a study starts
-STARTUP_S = 10.0  # Ray start-up and the first trial actors, on 2 cores
+STARTUP_S = 20.0  # measured: Ray start-up, the first trial actors and shutdown, 2 cores
 
 
 def get_space(name: str) -> Space:

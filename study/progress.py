@@ -29,9 +29,11 @@ class ProgressLine(Callback):
         mode: str,
         every_s: float = 10.0,
         stream: TextIO | None = None,
+        estimate_s: float | None = None,
     ) -> None:
         self.study, self.total, self.metric, self.mode = study, total, metric, mode
         self.every_s = every_s
+        self.estimate_s = estimate_s  # the space's expected run time, until a trial ends
         self.stream = stream  # None: sys.stdout at print time
         self._t0: float | None = None
         self._done_at_start: int | None = None
@@ -80,6 +82,8 @@ class ProgressLine(Callback):
             eta = "ETA 0:00"
         elif finished_here > 0:
             eta = f"ETA {_clock(elapsed / finished_here * remaining)}"
+        elif self.estimate_s:
+            eta = f"ETA ~{_clock(max(self.estimate_s - elapsed, 0))} (estimate)"
         else:
             eta = "ETA -"
         parts += [f"elapsed {_clock(elapsed)}", eta]

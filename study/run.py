@@ -15,7 +15,7 @@ from study.errors import StudyError
 
 def main(argv: Sequence[str] | None = None) -> int:
     from study.cli import parse_args
-    from study.service import EXIT_BAD_INPUT
+    from study.service import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 
     try:
         args, options = parse_args(argv)
@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # outside Tune's own graceful stop (e.g. while Ray starts)
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _environment(embedded: bool) -> None:

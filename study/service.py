@@ -242,12 +242,25 @@ def _fit(
         tuner = restore_tuner(spec, paths, retry_errored=options.retry_errored)
     else:
         write_json_atomic(paths.storage.fs, paths.spec, spec.to_json())
-        tuner = build_tuner(spec, plan, paths, callbacks, out=out)
+        tuner = build_tuner(spec, plan, paths, callbacks, out=out, estimate_s=_estimate(prepared))
     tuner.fit()
     outcome = Outcome(paths=paths, total=plan.total_trials, wall_s=time.time() - t0)
     outcome.counts = trial_counts(paths)
     _print_summary(outcome, spec, out)
     return outcome
+
+
+def _estimate(prepared: Prepared) -> float | None:
+    """Expected run time from the space's measured trial time, on this cluster's CPUs."""
+    import ray
+
+    from study.plan import estimate_seconds
+
+    if prepared.spec.smoke or prepared.spec.overrides:
+        return None  # the space's timing is for its own defaults
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    plan = prepared.plan
+    return estimate_seconds(plan.space, plan.total_trials, cpus, prepared.spec.cpus_per_trial)
 
 
 def trial_counts(paths: StudyPaths) -> dict[str, int]:

@@ -34,6 +34,7 @@ def build_tuner(
     paths: StudyPaths,
     callbacks: Sequence[tune.Callback] = (),
     out: TextIO | None = None,
+    estimate_s: float | None = None,
 ) -> tune.Tuner:
     """A fresh Tuner that writes Tune's experiment into `<storage>/<name>/`."""
     run_config = tune.RunConfig(
@@ -45,7 +46,14 @@ def build_tuner(
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[
             TrialsWriter(paths.name),
-            ProgressLine(paths.name, plan.total_trials, plan.metric, plan.mode, stream=out),
+            ProgressLine(
+                paths.name,
+                plan.total_trials,
+                plan.metric,
+                plan.mode,
+                stream=out,
+                estimate_s=estimate_s,
+            ),
             *callbacks,
         ],
         verbose=0,
