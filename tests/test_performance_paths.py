@@ -135,8 +135,8 @@ def _flat(params: dict) -> torch.Tensor:
 )
 def test_output_kernel_and_transpose_match_dense_jacobian(case):
     model, x, params, _ = _setup(case, n=4)
-    structured = jac.linear_chain(model, params) is not None
-    assert structured == (case["model"] == "mlp" and case.get("norm") == "none")
+    factored = jac.factor_chain(model, params) is not None
+    assert factored == (case.get("norm") == "none")  # norms take the vmap path
     K, out, jt = jac.output_kernel(model, params, x)
     J = dense_jacobian(model, _flat(params), x)
     torch.testing.assert_close(K, J @ J.T, rtol=1e-10, atol=1e-12)
@@ -183,11 +183,18 @@ def test_gauss_newton_on_models_without_the_structured_kernel(case, loss, solver
     torch.testing.assert_close(_flat(d), expected, rtol=1e-7, atol=1e-9 * expected.norm().item())
 
 
-def test_structured_kernels_for_the_probe_measures():
-    model, x, params, _ = _setup(MLP_CASES[1], n=6)
+@pytest.mark.parametrize(
+    "case", [MLP_CASES[1], MLP_CASES[4], *CNN_CASES], ids=lambda c: "-".join(map(str, c.values()))
+)
+def test_factored_jacobians_and_probe_kernels_match_dense_jacobian(case):
+    model, x, params, _ = _setup(case, n=6)
     J = dense_jacobian(model, _flat(params), x).view(6, 4, -1)
     v = torch.tensor([0.5, -0.5, 0.5, 0.5], dtype=torch.float64)
-    K_trace = torch.einsum("ncp,mcp->nm", J, J)
     Jv = torch.einsum("c,ncp->np", v, J)
+    torch.testing.assert_close(jac.jacobian(model, params, x), J, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        jac.projected_jacobian(model, params, x, v), Jv, rtol=1e-10, atol=1e-12
+    )
+    K_trace = torch.einsum("ncp,mcp->nm", J, J)
     torch.testing.assert_close(empirical_ntk(model, params, x, "trace", v), K_trace)
     torch.testing.assert_close(empirical_ntk(model, params, x, "projected", v), Jv @ Jv.T)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +37,9 @@ def _single(model: nn.Module):
 def jacobian(model: nn.Module, params: Params, x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """J as (n, c, P): row (i, a) is ∂f_a(x_i)/∂θ, parameters in `params` order."""
     params = {k: v.detach() for k, v in params.items()}
+    chain = factor_chain(model, params)
+    if chain is not None:  # from per-layer factors: one forward, c batched backward passes
+        return jacobian_from_factors(chain_factors(chain, params, x, None), params)
     jac = vmap(jacrev(_single(model)), in_dims=(None, 0), chunk_size=chunk)(params, x)
     n = x.shape[0]
     c = next(iter(jac.values())).shape[1]
@@ -46,6 +51,10 @@ def projected_jacobian(
 ) -> torch.Tensor:
     """(n, P): row i is ∂(v·f(x_i))/∂θ, one VJP per example instead of c."""
     params = {k: p.detach() for k, p in params.items()}
+    chain = factor_chain(model, params)
+    if chain is not None:  # one backward pass with cotangent v on every example
+        v_1xNxC = v_C.expand(1, x.shape[0], v_C.shape[0])
+        return jacobian_from_factors(chain_factors(chain, params, x, v_1xNxC), params)[:, 0]
     f = _single(model)
 
     def scalar(p: Params, xi: torch.Tensor) -> torch.Tensor:
@@ -55,53 +64,69 @@ def projected_jacobian(
     return torch.cat([grads[name].reshape(x.shape[0], -1) for name in params], dim=1)
 
 
-# ---- the output kernel K = J Jᵀ without materialising J, for chains of Linear layers --------
+# ---- Jacobians and kernels from per-layer factors, for chains of Linear/Conv2d layers ----------
 # For a Linear layer with input a_i and output z_i, ∂f_a(x_i)/∂W = b_ia a_iᵀ and ∂/∂bias = b_ia,
 # where b_ia = ∂f_a(x_i)/∂z_i. So its share of K is (b_ia·b_jb)(a_i·a_j + 1): a kernel of the
 # n·c backprop vectors times one of the n inputs, (nc)²·d_out + n²·d_in FLOPs per layer, where
-# J Jᵀ costs (nc)²·P. One forward and c batched backward passes (activations only) give every b.
-class LinearChainFactors:
-    """The inputs A (n × d_in) and backprop vectors B (c × n × d_out) of each Linear layer."""
+# J Jᵀ costs (nc)²·P. A Conv2d layer's per-example gradient is Σ_s b_ia,s ⊗ patch_i,s (patches
+# by unfold). One forward and c batched backward passes (activations only) give every b, with
+# no per-example vmap.
+_FACTOR_FREE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Flatten, nn.Identity, nn.AvgPool2d,
+                nn.AdaptiveAvgPool2d)  # fmt: skip
 
-    def __init__(self, out_BxC: torch.Tensor, layers: list[tuple[str, str | None, torch.Tensor]]):
+
+class ChainFactors:
+    """Each parametric layer's input and backprop vectors B (k × n × output shape)."""
+
+    def __init__(self, out_BxC: torch.Tensor, layers: list[tuple[nn.Module, str, str | None, torch.Tensor]]):  # fmt: skip
         self.out_BxC = out_BxC
-        self.layers = layers  # (weight key, bias key or None, input A) per Linear layer
+        self.layers = layers  # (layer, weight key, bias key or None, its input) per layer
         self.B: list[torch.Tensor] = []
 
+    @property
+    def all_linear(self) -> bool:
+        return all(isinstance(layer, nn.Linear) for layer, *_ in self.layers)
+
     def input_kernels(self) -> list[torch.Tensor]:
-        """A Aᵀ (+1 where the layer has a bias), n × n per layer."""
-        return [A @ A.T + (1.0 if b else 0.0) for _, b, A in self.layers]
+        """A Aᵀ (+1 where the layer has a bias), n × n per layer (Linear layers only)."""
+        return [A @ A.T + (1.0 if b else 0.0) for _, _, b, A in self.layers]
 
 
-def linear_chain(model: nn.Module, params: Params) -> list | None:
-    """The model's layer chain when every parametric layer is Linear and the rest act per
-    element (activations, Flatten, Identity); else None."""
+def factor_chain(model: nn.Module, params: Params) -> list | None:
+    """The model's layer chain when every parametric layer is Linear or an ungrouped Conv2d
+    and the others are activations, pooling, Flatten or Identity; else None."""
     chain = _chain(model, params)
-    allowed = (nn.Linear, nn.ReLU, nn.Tanh, nn.GELU, nn.Flatten, nn.Identity)
-    if chain is None or not all(isinstance(layer, allowed) for layer, _, _ in chain):
+    if chain is None:
         return None
+    for layer, _, _ in chain:
+        if isinstance(layer, nn.Conv2d):
+            if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+                return None
+        elif not isinstance(layer, (nn.Linear, *_FACTOR_FREE)):
+            return None
     return chain
 
 
-def linear_chain_factors(
+def chain_factors(
     chain: list, params: Params, x: torch.Tensor, cotangents_KxBxC: torch.Tensor | None
-) -> LinearChainFactors:
-    """One forward; then B for each given output cotangent (K of them, batched), or for the
+) -> ChainFactors:
+    """One forward; then B for each given output cotangent (k of them, batched), or for the
     c one-hot cotangents when None."""
     h, zs, layers = x, [], []
     with torch.enable_grad():
         for layer, w, b in chain:
-            if isinstance(layer, nn.Linear):
-                if h.ndim != 2:
-                    raise ValueError("linear_chain_factors: Linear layers need (n, d) inputs")
-                layers.append((w, b, h.detach()))
-                h = F.linear(h, params[w].detach(), None if b is None else params[b].detach())
+            if isinstance(layer, nn.Linear | nn.Conv2d):
+                if isinstance(layer, nn.Linear) and h.ndim != 2:
+                    raise ValueError("chain_factors: Linear layers need (n, d) inputs")
+                layers.append((layer, w, b, h.detach()))
+                weight, bias = params[w].detach(), None if b is None else params[b].detach()
+                h = F.linear(h, weight, bias) if isinstance(layer, nn.Linear) else layer._conv_forward(h, weight, bias)  # fmt: skip
                 if not h.requires_grad:
                     h.requires_grad_()  # the first z is a leaf: the graph starts here
                 zs.append(h)
             else:
                 h = layer(h)
-        factors = LinearChainFactors(h.detach(), layers)
+        factors = ChainFactors(h.detach(), layers)
         n, c = h.shape
         if cotangents_KxBxC is None:
             eye = torch.eye(c, dtype=h.dtype, device=h.device)
@@ -112,7 +137,37 @@ def linear_chain_factors(
     return factors
 
 
-def kernel_from_factors(factors: LinearChainFactors) -> torch.Tensor:
+def jacobian_from_factors(factors: ChainFactors, like: Params) -> torch.Tensor:
+    """Per-example Jacobian rows for each cotangent: (n, k, P), parameters in `like` order.
+
+    Written block by block into one buffer (a cat of the blocks costs as much as building them).
+    """
+    k, n = factors.B[0].shape[:2]
+    sizes = {name: t.numel() for name, t in like.items()}
+    offsets = dict(zip(sizes, itertools.accumulate([0, *sizes.values()]), strict=False))
+    ref = factors.out_BxC
+    J_NxKxP = torch.empty(n, k, sum(sizes.values()), dtype=ref.dtype, device=ref.device)
+
+    def block(name: str) -> torch.Tensor:
+        return J_NxKxP[:, :, offsets[name] : offsets[name] + sizes[name]]
+
+    for B, (layer, w, b, h_in) in zip(factors.B, factors.layers, strict=True):
+        B_NxKxOxS = B.transpose(0, 1).reshape(n, k, B.shape[2], -1)  # S = 1 for Linear
+        o, s = B_NxKxOxS.shape[2:]
+        if isinstance(layer, nn.Linear):
+            U_NxSxI = h_in.unsqueeze(1)
+        else:  # patches: (n, C_in·kh·kw, S)
+            U = F.unfold(h_in, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+            U_NxSxI = U.transpose(1, 2)
+        # per example: (k·o × S) @ (S × C_in·kh·kw), straight into the (n, k, o·i) layout
+        J_NxKOxI = torch.bmm(B_NxKxOxS.reshape(n, k * o, s), U_NxSxI)
+        block(w).view(n, k, o, -1).copy_(J_NxKOxI.view(n, k, o, -1))
+        if b is not None:
+            block(b).copy_(B_NxKxOxS.sum(-1))
+    return J_NxKxP
+
+
+def kernel_from_factors(factors: ChainFactors) -> torch.Tensor:
     """The full n·c × n·c kernel J Jᵀ, rows (i, a)."""
     c, n, _ = factors.B[0].shape
     K = torch.zeros(n, c, n, c, dtype=factors.out_BxC.dtype, device=factors.out_BxC.device)
@@ -122,7 +177,7 @@ def kernel_from_factors(factors: LinearChainFactors) -> torch.Tensor:
     return K.view(n * c, n * c)
 
 
-def summed_kernel_from_factors(factors: LinearChainFactors) -> torch.Tensor:
+def summed_kernel_from_factors(factors: ChainFactors) -> torch.Tensor:
     """Σ_k (J_k J_kᵀ) over the cotangents k the factors were built with (n × n): the trace
     kernel for the c one-hot cotangents, the projected one for a single cotangent v."""
     K_NxN = 0
@@ -131,10 +186,10 @@ def summed_kernel_from_factors(factors: LinearChainFactors) -> torch.Tensor:
     return K_NxN
 
 
-def transpose_from_factors(factors: LinearChainFactors, coef_BxC: torch.Tensor, like: Params):
+def transpose_from_factors(factors: ChainFactors, coef_BxC: torch.Tensor, like: Params):
     """Jᵀ u for u of shape (n, c), as a flat vector in `like` order."""
     grads: dict[str, torch.Tensor] = {}
-    for B_CxNxD, (w, b, A_NxD) in zip(factors.B, factors.layers, strict=True):
+    for B_CxNxD, (_, w, b, A_NxD) in zip(factors.B, factors.layers, strict=True):
         U_NxD = torch.einsum("cnd,nc->nd", B_CxNxD, coef_BxC)
         grads[w] = U_NxD.T @ A_NxD
         if b is not None:
@@ -145,19 +200,20 @@ def transpose_from_factors(factors: LinearChainFactors, coef_BxC: torch.Tensor, 
 def output_kernel(model: nn.Module, params: Params, x: torch.Tensor):
     """(K = J Jᵀ as n·c × n·c with rows (i, a), f(x), u ↦ Jᵀu as a flat vector).
 
-    Structured for chains of Linear layers (J never exists); otherwise J is materialised once.
+    Chains of Linear layers: K from the factors, J never exists. Chains with Conv2d: J from the
+    factors. Other models: J by vmap over per-example reverse mode.
     """
     params = {k: v.detach() for k, v in params.items()}
-    chain = linear_chain(model, params)
+    chain = factor_chain(model, params)
     if chain is not None:
-        factors = linear_chain_factors(chain, params, x, None)
-        return (
-            kernel_from_factors(factors),
-            factors.out_BxC,
-            lambda u_BxC: transpose_from_factors(factors, u_BxC, params),
-        )
-    with torch.no_grad():
-        out_BxC = functional_call(model, params, (x,))
-    n, c = out_BxC.shape
-    J_NCxP = jacobian(model, params, x).reshape(n * c, -1)
+        factors = chain_factors(chain, params, x, None)
+        out_BxC = factors.out_BxC
+        if factors.all_linear:
+            K = kernel_from_factors(factors)
+            return K, out_BxC, lambda u_BxC: transpose_from_factors(factors, u_BxC, params)
+        J_NCxP = jacobian_from_factors(factors, params).reshape(out_BxC.numel(), -1)
+    else:
+        with torch.no_grad():
+            out_BxC = functional_call(model, params, (x,))
+        J_NCxP = jacobian(model, params, x).reshape(out_BxC.numel(), -1)
     return J_NCxP @ J_NCxP.T, out_BxC, lambda u_BxC: J_NCxP.T @ u_BxC.reshape(-1)

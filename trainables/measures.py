@@ -8,8 +8,8 @@ Kernels (n × n on the probe batch):
 - ``trace``: Σ_c J_c J_cᵀ, the trace over outputs of the full n·c × n·c NTK; costs n·c VJPs.
 - ``projected``: (vᵀJ)(vᵀJ)ᵀ for a fixed random unit output direction v; costs n VJPs.
 
-For chains of Linear layers (the MLP without norms) neither materialises J: one forward and
-c (trace) or 1 (projected) backward passes give each layer's factors (jacobian.py).
+For chains of Linear and Conv2d layers (MLP and CNN without norms) both come from one forward
+and c (trace) or 1 (projected) backward passes (jacobian.py); Linear-only chains never form J.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from torch import nn
 
 from trainables.jacobian import (
     Params,
+    chain_factors,
+    factor_chain,
     jacobian,
-    linear_chain,
-    linear_chain_factors,
+    jacobian_from_factors,
     projected_jacobian,
     summed_kernel_from_factors,
 )
@@ -33,11 +34,15 @@ def empirical_ntk(
 ) -> torch.Tensor:
     """The n × n probe kernel of the given kind ("trace" or "projected")."""
     params = {k: v.detach() for k, v in params.items()}
-    chain = linear_chain(model, params)
-    if chain is not None:  # chains of Linear layers: from c (trace) or 1 backward pass, no J
+    chain = factor_chain(model, params)
+    if chain is not None:  # per-layer factors: one forward, c (trace) or 1 backward passes
         n, c = x.shape[0], v_C.shape[0]
         cotangents = None if kind == "trace" else v_C.expand(1, n, c)
-        return summed_kernel_from_factors(linear_chain_factors(chain, params, x, cotangents))
+        factors = chain_factors(chain, params, x, cotangents)
+        if factors.all_linear:  # and for Linear layers no J at all
+            return summed_kernel_from_factors(factors)
+        J_NxKxP = jacobian_from_factors(factors, params)
+        return torch.einsum("nkp,mkp->nm", J_NxKxP, J_NxKxP)
     if kind == "trace":
         J_NxCxP = jacobian(model, params, x)
         return torch.einsum("ncp,mcp->nm", J_NxCxP, J_NxCxP)
