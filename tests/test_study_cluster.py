@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
@@ -124,6 +125,17 @@ def _valid_state(experiment: Path) -> tuple[float, str] | None:
     return None
 
 
+def _mid_trial(results: Path) -> bool:
+    """Some trial has stored rows up to a checkpoint before its end; not every trial is done."""
+    steps = []
+    for file in (results / "metrics").glob("*.parquet"):
+        try:
+            steps.append(max(pq.read_table(file, columns=["step"]).column("step").to_pylist()))
+        except (OSError, ValueError):
+            continue
+    return any(step < TOTAL for step in steps) and _finished(results) < 4
+
+
 def _finished(results: Path) -> int:
     try:
         trials = pd.read_parquet(results / "trials.parquet")
@@ -186,4 +198,5 @@ def test_smoke_study_across_nodes_survives_a_killed_driver(cluster: str, tmp_pat
     for _, rows in metrics.groupby("trial_id"):
         assert sorted(rows["step"]) == list(range(0, TOTAL + 1, EVERY))  # none lost
     assert metrics["node"].nunique() >= 2  # the study ran on both worker nodes
+    assert metrics["attempt"].max() >= 1  # a trial continued from its checkpoint
     assert not list((results / "metrics").glob(".*"))  # no temporary files left
