@@ -7,9 +7,7 @@ import math
 import shutil
 from pathlib import Path
 
-import duckdb
 import pandas as pd
-import polars as pl
 import pyarrow.dataset as ds
 import pytest
 
@@ -86,6 +84,8 @@ def test_trials_agree_with_the_metrics(smoke_study: tuple) -> None:
 
 
 def test_results_read_with_pyarrow_duckdb_and_polars(smoke_study: tuple) -> None:
+    duckdb = pytest.importorskip("duckdb")  # in the dev extra
+    pl = pytest.importorskip("polars")
     storage, _, _ = smoke_study
     results = storage / "smoke" / "results"
     assert ds.dataset(results / "metrics", format="parquet").count_rows() == 20
