@@ -13,7 +13,8 @@ import search_spaces
 from search_spaces import Choice, LogUniform, Space, Uniform
 from study.errors import StudyError
 from study.spec import StudySpec
-from trainables import TrialConfig
+from trainables import DatasetMissingError, TrialConfig
+from trainables.data import check_available
 
 SEED_STRIDE = 1000  # repeat r of a grid uses seed + r·SEED_STRIDE
 _MAX_CHECKED = 20_000  # configs validated one by one before a study starts
@@ -146,13 +147,20 @@ def _check_configs(space: Space) -> None:
     n = math.prod(len(v) for v in _candidate_values(space).values())
     if n > _MAX_CHECKED:
         raise StudyError(f"space {space.name!r} has {n} grid points; at most {_MAX_CHECKED}")
+    data_sources: dict[tuple[str, str, bool], TrialConfig] = {}
     for mapping in _combinations(space):
         try:
-            TrialConfig.from_mapping(mapping)
+            cfg = TrialConfig.from_mapping(mapping)
         except ValueError as exc:
             swept = {k: mapping[k] for k in _candidate_values(space)}
             where = f" at {_show(swept)}" if swept else ""
             raise StudyError(f"space {space.name!r}{where}: {exc}") from None
+        data_sources.setdefault((cfg.dataset, cfg.data_dir, cfg.download), cfg)
+    for cfg in data_sources.values():  # a missing dataset would only fail inside each trial
+        try:
+            check_available(cfg)
+        except DatasetMissingError as exc:
+            raise StudyError(f"space {space.name!r}: {exc}") from None
 
 
 def _show(values: Mapping[str, Any]) -> str:

@@ -87,6 +87,28 @@ def _synthetic(seed: int, n_train: int = 1024, n_test: int = 512, dim: int = 16)
     return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes, None)
 
 
+def check_available(cfg: TrialConfig) -> None:
+    """DatasetMissingError if cfg's torchvision files are absent and download is off.
+
+    Cheap (no loading): a study checks this before it creates anything, so a missing dataset
+    is bad input, not a study of errored trials.
+    """
+    if cfg.dataset not in _TORCHVISION or cfg.download:
+        return
+    _, raw, _ = _TORCHVISION[cfg.dataset]
+    folder = Path(cfg.data_dir).expanduser().resolve() / raw
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise DatasetMissingError(_missing_message(cfg.dataset, folder))
+
+
+def _missing_message(name: str, folder: Path) -> str:
+    cls_name = _TORCHVISION[name][0]
+    return (
+        f"dataset={name}: files not found under {folder}; "
+        f"set download=true to fetch them, or copy torchvision's {cls_name} files there"
+    )
+
+
 def _torchvision(name: str, data_dir: str, download: bool) -> Data:
     import torchvision
 
@@ -97,10 +119,7 @@ def _torchvision(name: str, data_dir: str, download: bool) -> Data:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True…"
-        raise DatasetMissingError(
-            f"dataset={name}: files not found under {root / raw}; "
-            f"set download=true to fetch them, or copy torchvision's {cls_name} files there"
-        ) from err
+        raise DatasetMissingError(_missing_message(name, root / raw)) from err
 
     def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.as_tensor(np.asarray(ds.data), dtype=torch.float64) / 255.0
