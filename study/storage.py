@@ -76,6 +76,14 @@ def resolve_storage(storage: str) -> Storage:
     root = os.path.abspath(os.path.expanduser(storage))
     if os.path.exists(root) and not os.path.isdir(root):
         raise StudyError(f"--storage {storage!r} is a file, not a directory")
+    existing = root
+    while not os.path.exists(existing):  # the nearest ancestor that exists must be a folder
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise StudyError(
+            f"--storage {storage!r} cannot be created: {existing} is a file; "
+            "give a directory, or a path whose parents are directories"
+        )
     return Storage(uri=root, fs=pafs.LocalFileSystem(), root=root)
 
 
