@@ -153,7 +153,7 @@ def main() -> None:
         fns = variants(base, device, data, args.alternatives or args.smoke, args.compile)
         reps = 5 if args.smoke else 10 if model == "cnn" else 50  # 10, 50: whole K=10 phases
         times = C.interleaved(fns, rounds, reps, device)
-        peaks = {name: C.peak_bytes(lambda fn=fn: [fn() for _ in range(reps)], device) for name, fn in fns.items()}  # fmt: skip
+        peaks = {name: C.peak_bytes(lambda fn=fn, r=reps: [fn() for _ in range(r)], device) for name, fn in fns.items()}  # fmt: skip
         rows = []
         for name in fns:
             base_name = "channels-last: plain trainer" if name.startswith("channels-last") else "plain trainer"  # fmt: skip

@@ -10,7 +10,13 @@ from tests.oracles import dense_jacobian, dense_output_hessian, flat_params, tin
 from trainables import Trial, TrialConfig
 from trainables import jacobian as jac
 from trainables import linearise as lin
-from trainables.gauss_newton import gauss_newton_direction
+from trainables.gauss_newton import (
+    SolverCosts,
+    choose_solver,
+    conjugate_gradient,
+    gauss_newton_direction,
+    predicted_cg_iterations,
+)
 from trainables.measures import empirical_ntk
 from trainables.models import build_model
 
@@ -198,3 +204,50 @@ def test_factored_jacobians_and_probe_kernels_match_dense_jacobian(case):
     K_trace = torch.einsum("ncp,mcp->nm", J, J)
     torch.testing.assert_close(empirical_ntk(model, params, x, "trace", v), K_trace)
     torch.testing.assert_close(empirical_ntk(model, params, x, "projected", v), Jv @ Jv.T)
+
+
+def test_auto_rules_with_a_cost_model():
+    costs = SolverCosts(exact_s=1.0, iteration_s=0.01, jacobian_bytes=0)
+    ask = dict(costs=costs, cg_max_iter=500)
+    assert choose_solver("auto", 64, 10, 10**9, 4096, **ask) == "probe"  # J never materialised
+    assert choose_solver("auto", 64, 10, 10**6, 4096, damping=1e3, rayleigh=1.0, **ask) == "cg"
+    assert choose_solver("auto", 64, 10, 10**6, 4096, damping=1e-6, rayleigh=1.0, **ask) == "exact"
+    cheap = SolverCosts(exact_s=0.03, iteration_s=0.01, jacobian_bytes=0)  # < CG's best case
+    assert choose_solver("auto", 64, 10, 10**6, 4096, costs=cheap) == "exact"
+    dear = SolverCosts(exact_s=100.0, iteration_s=0.01, jacobian_bytes=0)  # > CG's worst case
+    assert choose_solver("auto", 64, 10, 10**6, 4096, costs=dear) == "cg"
+    big_j = SolverCosts(exact_s=1.0, iteration_s=0.01, jacobian_bytes=2**31)
+    assert choose_solver("auto", 64, 10, 10**6, 4096, costs=big_j) == "cg"
+    assert choose_solver("auto", 500, 10, 10, 4096, costs=cheap) == "cg"  # n·c > exact_max_dim
+    assert predicted_cg_iterations(1.0, 1.0, 1e-6, 500) == pytest.approx(12.0)
+    assert predicted_cg_iterations(1e-9, 1.0, 1e-6, 500) == 500
+
+
+@pytest.mark.parametrize("damping", [1e-4, 1e3])
+def test_auto_returns_the_direction_of_the_solver_it_picked(damping):
+    model, x, params, _ = _setup(MLP_CASES[1], n=8)
+    y = torch.arange(8) % 4
+    args = (model, params, x, y, "cross_entropy", damping)
+    d_auto, loss_auto, info = gauss_newton_direction(*args, solver="auto")
+    d_ref, loss_ref, _ = gauss_newton_direction(*args, solver=info.solver)
+    assert info.solver in ("exact", "cg")
+    torch.testing.assert_close(_flat(d_auto), _flat(d_ref), rtol=1e-12, atol=0)
+    assert loss_auto == loss_ref
+
+
+def test_conjugate_gradient_reuses_a_given_first_product():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(20, 20, dtype=torch.float64, generator=g)
+    A = A @ A.T + torch.eye(20, dtype=torch.float64)
+    b = torch.randn(20, dtype=torch.float64, generator=g)
+    calls = []
+
+    def matvec(v):
+        calls.append(1)
+        return A @ v
+
+    x1, it1, _ = conjugate_gradient(matvec, b, 1e-10, 100)
+    n_plain = len(calls)
+    x2, it2, _ = conjugate_gradient(matvec, b, 1e-10, 100, first_Ap=A @ b)
+    assert it1 == it2 and len(calls) - n_plain == n_plain - 1
+    torch.testing.assert_close(x1, x2, rtol=0, atol=0)

@@ -12,13 +12,16 @@
 
 from __future__ import annotations
 
+import math
+import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
+from torch.utils.flop_counter import FlopCounterMode
 
-from trainables.jacobian import Params, flatten, output_kernel, unflatten
+from trainables.jacobian import Params, factor_chain, flatten, output_kernel, unflatten
 from trainables.linearise import (
     chain_linearisation,
     loss_fn,
@@ -36,12 +39,141 @@ class SolveInfo:
     residual: float = 0.0  # ‖(G + λI)d − ∇L‖ / ‖∇L‖ (cg only)
 
 
-def choose_solver(solver: str, n: int, c: int, p: int, max_dim: int, itemsize: int = 4) -> str:
-    """auto → exact while the n·c system and the n·c × P Jacobian fit, else cg."""
+# ---- choosing the solver: a cost model --------------------------------------------------
+@dataclass(frozen=True)
+class DeviceRates:
+    """Sustained rates of one kind of device, fitted by benchmarks/gn_solvers.py (--fit)."""
+
+    mm_flops: float  # FLOP/s of matmuls in forward/backward passes
+    conv_flops: float  # FLOP/s of convolutions in passes
+    dense_flops: float  # FLOP/s of the kernel GEMMs and the n·c × n·c solve
+    memory_bytes: float  # bytes/s written when J is materialised
+    layer_s: float  # fixed seconds per layer per CG iteration (dispatch, Python)
+    exact_s: float  # fixed seconds per exact solve
+
+
+# CPU: fitted on 1-2 cores of an AMD EPYC (torch 2.14.1); CUDA: an untested H100-class guess,
+# to be refitted with `benchmarks/gpu_check.sh` (gn_solvers --device cuda --fit).
+DEVICE_RATES = {
+    "cpu": DeviceRates(80e9, 35e9, 30e9, 3e9, 1.0e-4, 2.5e-3),
+    "cuda": DeviceRates(20e12, 10e12, 5e12, 1e12, 6e-5, 5e-3),
+}
+MIN_CG_ITERS = 2  # CG iterations to cg_tol=1e-6 even at the largest damping
+# iters ≈ MIN_CG_ITERS + a·(q/λ)^β at cg_tol=1e-6 (see predicted_cg_iterations): fitted on the
+# digits MLP and CNN, cross-entropy and MSE, at init and after 300 SGD steps (gn_solvers.py).
+# Convolutional spectra are dominated by fewer eigenvalues: CG needs ~3× fewer iterations.
+CG_LAWS = {"dense": (10.0, 0.4), "conv": (3.5, 0.3)}
+
+
+@dataclass(frozen=True)
+class SolverCosts:
+    """Predicted seconds of the exact solve and of one CG iteration (JVP, H, VJP)."""
+
+    exact_s: float
+    iteration_s: float
+    jacobian_bytes: int  # what the exact path materialises (0: J never exists)
+    law: str = "dense"  # which CG iteration law applies (CG_LAWS)
+
+
+def predicted_cg_iterations(
+    damping: float, rayleigh: float, tol: float, max_iter: int, law: str = "dense"
+) -> float:
+    """CG iterations to ‖r‖ ≤ tol·‖b‖ on G + λI, from q = bᵀGb/bᵀb, the Rayleigh quotient of G
+    at the gradient b (CG's own first product): 2 + a·(q/λ)^β at tol = 1e-6, ∝ log(1/tol).
+
+    Empirical (CG_LAWS); within about 2× of the measured count on the benchmark grid, except
+    where the count hits max_iter (CG then stops short of tol: exact is also the accurate choice).
+    """
+    if damping <= 0:
+        return float(max_iter)
+    a, beta = CG_LAWS[law]
+    scale = math.log(1 / max(tol, 1e-30)) / math.log(1e6)
+    return min(float(max_iter), MIN_CG_ITERS + a * scale * (max(rayleigh, 0) / damping) ** beta)
+
+
+def choose_solver(
+    solver: str,
+    n: int,
+    c: int,
+    p: int,
+    max_dim: int,
+    itemsize: int = 4,
+    costs: SolverCosts | None = None,
+    damping: float | None = None,
+    rayleigh: float | None = None,
+    cg_tol: float = 1e-6,
+    cg_max_iter: int = 500,
+    relative: bool = False,
+) -> str:
+    """ "exact", "cg", or (auto only) "probe": run CG's first product, then ask with `rayleigh`.
+
+    auto: cg unless the n·c system fits (n·c ≤ max_dim, and a materialised J ≤ 1 GiB). Without
+    costs, exact whenever it fits. With costs: exact when even CG's best case (its setup and
+    MIN_CG_ITERS) is not 1.2× faster; cg when exact is slower than CG's worst case (cg_max_iter);
+    in between, the predicted iteration count at this damping decides.
+    """
     if solver != "auto":
         return solver
-    fits = n * c <= max_dim and n * c * p * itemsize <= 2**30
-    return "exact" if fits else "cg"
+    j_bytes = n * c * p * itemsize if costs is None else costs.jacobian_bytes
+    if n * c > max_dim or j_bytes > 2**30:
+        return "cg"
+    if costs is None:
+        return "exact"
+    setup = 1.5 + (8 if relative else 0)  # gradient, first product, Hutchinson probes
+    if costs.exact_s <= 1.2 * (setup + MIN_CG_ITERS) * costs.iteration_s:
+        return "exact"
+    if costs.exact_s >= (setup + cg_max_iter) * costs.iteration_s:
+        return "cg"
+    if rayleigh is None or damping is None:
+        return "probe"
+    remaining = predicted_cg_iterations(damping, rayleigh, cg_tol, cg_max_iter, costs.law) - 1
+    return "cg" if remaining * costs.iteration_s < costs.exact_s else "exact"
+
+
+def solver_costs(
+    model: nn.Module, params: Params, x: torch.Tensor, c: int, loss: str
+) -> SolverCosts:
+    """Predicted costs of both solvers on this model and batch, from FLOP counts."""
+    rates = DEVICE_RATES.get(x.device.type, DEVICE_RATES["cpu"])
+    n, p = x.shape[0], sum(t.numel() for t in params.values())
+    mm, conv = (n * f for f in _flops_per_example(model, params, x))
+    pass_s = mm / rates.mm_flops + conv / rates.conv_flops  # one forward pass
+    chain = factor_chain(model, params)
+    layers = len(chain) if chain is not None else 12
+    # CG: tangent pass (≈ 2 forwards) and backward (≈ 2); a generic model reruns its forward
+    iteration_s = layers * rates.layer_s + (4 if chain is not None else 5) * pass_s
+    nc = n * c
+    solve = nc**3 / 3 if loss == "mse" else 2 * nc**3 / 3  # Cholesky or LU
+    dense = solve + 2 * nc * nc * c  # and H·K block by block
+    linear = chain is not None and not any(isinstance(lay, nn.Conv2d) for lay, _, _ in chain)
+    if linear:  # K from factors: c backward passes, then per layer (nc)²·d_out + n²·d_in
+        widths = [(lay.in_features, lay.out_features) for lay, _, _ in chain if isinstance(lay, nn.Linear)]  # fmt: skip
+        dense += sum(2 * nc * nc * d_out + 2 * n * n * d_in for d_in, d_out in widths)
+        exact_s = rates.exact_s + (1 + c) * pass_s + dense / rates.dense_flops
+        return SolverCosts(exact_s, iteration_s, 0)
+    law = "conv" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "dense"
+    j_bytes = nc * p * x.element_size()
+    dense += 2 * nc * nc * p + 2 * nc * p  # J Jᵀ and Jᵀu
+    jacobian_s = (1 + 2 * c) * pass_s * (1 if chain is not None else 4)  # vmap: ≈ 4× slower
+    exact_s = rates.exact_s + jacobian_s + j_bytes / rates.memory_bytes + dense / rates.dense_flops
+    return SolverCosts(exact_s, iteration_s, j_bytes, law)
+
+
+_flop_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → {shape: flops}
+
+
+def _flops_per_example(model: nn.Module, params: Params, x: torch.Tensor) -> tuple[float, float]:
+    """(matmul, convolution) FLOPs of one example's forward pass, counted once per input shape."""
+    cache = _flop_cache.setdefault(model, {})
+    key = (tuple(x.shape[1:]), x.dtype, x.device.type)
+    if key not in cache:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            functional_call(model, params, (x[:1],))
+        counts = counter.get_flop_counts().get("Global", {})
+        conv = sum(v for op, v in counts.items() if "conv" in str(op))
+        cache[key] = (float(counter.get_total_flops() - conv), float(conv))
+    return cache[key]
 
 
 def gauss_newton_direction(
@@ -65,12 +197,23 @@ def gauss_newton_direction(
     p = sum(t.numel() for t in params.values())
     g_BxC = output_grad(loss, out_BxC, y)
     value = loss_fn(loss, out_BxC, y)
-    kind = choose_solver(solver, n, c, p, exact_max_dim, out_BxC.element_size())
+    size = out_BxC.element_size()
+    kind = choose_solver(solver, n, c, p, exact_max_dim, size)
+    probe = None
+    if solver == "auto" and kind == "exact":  # it fits: which is faster?
+        costs = solver_costs(model, params, x, c, loss)
+        relative = damping_mode == "relative"
+        ask = dict(costs=costs, cg_tol=cg_tol, cg_max_iter=cg_max_iter, relative=relative)
+        kind = choose_solver(solver, n, c, p, exact_max_dim, size, **ask)
+        if kind == "probe":  # CG's gradient and first product, kept for CG if it goes on
+            probe = _CGStart(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode)
+            kind = choose_solver(solver, n, c, p, exact_max_dim, size, damping=probe.lam,
+                                 rayleigh=probe.rayleigh, **ask)  # fmt: skip
     if kind == "exact":
         d_P, info = _exact(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode)
     else:
-        d_P, info = _cg(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode,
-                        cg_tol, cg_max_iter)  # fmt: skip
+        probe = probe or _CGStart(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode)
+        d_P, info = probe.solve(cg_tol, cg_max_iter)
     return unflatten(d_P, params), value, info
 
 
@@ -117,21 +260,40 @@ def _min_norm_coefficients(K, H, g, n, c):
     return S @ torch.linalg.pinv(A, hermitian=True) @ (S_pinv @ g)
 
 
-def _cg(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode, tol, max_iter):
-    jvp_fn, vjp_fn = _products(model, params, x)
+class _CGStart:
+    """CG's setup on one forward pass: products, gradient b = Jᵀg, λ, and Jb, which gives
+    q = bᵀGb/bᵀb = (Jb)ᵀH(Jb)/bᵀb (predicting the iteration count, choose_solver) and, with
+    one more VJP, CG's first product Gb: nothing is computed twice if CG goes on."""
 
-    def jt(u_BxC: torch.Tensor) -> torch.Tensor:
-        return flatten(vjp_fn(u_BxC))
+    def __init__(self, model, params, x, out_BxC, g_BxC, loss, damping, damping_mode):
+        jvp_fn, vjp_fn = _products(model, params, x)
 
-    def ggn(v_P: torch.Tensor) -> torch.Tensor:
-        return jt(output_hessian_vp(loss, out_BxC, jvp_fn(unflatten(v_P, params))))
+        def jt(u_BxC: torch.Tensor) -> torch.Tensor:
+            return flatten(vjp_fn(u_BxC))
 
-    grad_P = jt(g_BxC)
-    lam = damping
-    if damping_mode == "relative":
-        lam = damping * _hutchinson_mean_diag(ggn, grad_P)
-    d_P, iters, rel = conjugate_gradient(lambda v: ggn(v) + lam * v, grad_P, tol, max_iter)
-    return d_P, SolveInfo("cg", lam, iters, rel)
+        def hj(v_P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            jv_BxC = jvp_fn(unflatten(v_P, params))
+            return jv_BxC, output_hessian_vp(loss, out_BxC, jv_BxC)
+
+        def ggn(v_P: torch.Tensor) -> torch.Tensor:
+            return jt(hj(v_P)[1])
+
+        self.ggn, self.jt = ggn, jt
+        self.grad_P = jt(g_BxC)
+        self.lam = damping
+        if damping_mode == "relative":
+            self.lam = damping * _hutchinson_mean_diag(ggn, self.grad_P)
+        jb_BxC, self.hjb_BxC = hj(self.grad_P)
+        bb = torch.dot(self.grad_P, self.grad_P)
+        self.rayleigh = float((jb_BxC * self.hjb_BxC).sum() / bb) if bb > 0 else 0.0
+
+    def solve(self, tol: float, max_iter: int) -> tuple[torch.Tensor, SolveInfo]:
+        lam = self.lam
+        first = self.jt(self.hjb_BxC) + lam * self.grad_P  # (G + λI)b: half of it already paid
+        d_P, iters, rel = conjugate_gradient(
+            lambda v: self.ggn(v) + lam * v, self.grad_P, tol, max_iter, first_Ap=first
+        )
+        return d_P, SolveInfo("cg", lam, iters, rel)
 
 
 def _products(model: nn.Module, params: Params, x: torch.Tensor):
@@ -157,11 +319,13 @@ def _hutchinson_mean_diag(ggn, like_P: torch.Tensor, probes: int = 8) -> float:
     return total / probes / like_P.numel()
 
 
-def conjugate_gradient(matvec, b: torch.Tensor, tol: float, max_iter: int):
+def conjugate_gradient(
+    matvec, b: torch.Tensor, tol: float, max_iter: int, first_Ap: torch.Tensor | None = None
+):
     """Solve A x = b for symmetric PSD A from x₀ = 0; stop at ‖r‖ ≤ tol·‖b‖.
 
     Returns (x, iterations, relative residual). From x₀ = 0 on a singular system with b in the
-    range of A, CG converges to the minimum-norm solution.
+    range of A, CG converges to the minimum-norm solution. first_Ap: A b, if already computed.
     """
     x = torch.zeros_like(b)
     r = b.clone()
@@ -170,7 +334,7 @@ def conjugate_gradient(matvec, b: torch.Tensor, tol: float, max_iter: int):
     b_norm = b.norm().clamp_min(torch.finfo(b.dtype).tiny)
     it = 0
     while it < max_iter and rr.sqrt() > tol * b_norm:
-        Ap = matvec(p)
+        Ap = first_Ap if it == 0 and first_Ap is not None else matvec(p)
         alpha = rr / torch.dot(p, Ap)
         x = x + alpha * p
         r = r - alpha * Ap
