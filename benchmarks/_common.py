@@ -45,6 +45,8 @@ def setup(args: argparse.Namespace) -> torch.device:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(environment(device))
+    if args.smoke:
+        print("# smoke mode: sizes and repeats too small for its numbers to mean anything")
     return device
 
 

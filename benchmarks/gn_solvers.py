@@ -20,6 +20,7 @@ from unfolded patches, and auto weighs predicted costs.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 
 import torch
 
@@ -49,14 +50,14 @@ def state(model: str, loss: str, trained_steps: int, device: torch.device, smoke
     return trial
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     p = C.parser(__doc__)
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"])
     p.add_argument("--mlp-batches", default="16,64,256")
     p.add_argument("--cnn-batches", default="8,32")
     p.add_argument("--trained-steps", type=int, default=200, help="0: at initialisation")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.threads is None and args.device == "cpu":
         args.threads = 1  # the cost model's CPU rates are per core; Ray trials get one each
     if args.smoke:
@@ -88,9 +89,10 @@ def main() -> None:
                     return call
 
                 fns = {k: run(k) for k in ("exact", "cg", "auto")}
-                first = C.interleaved(fns, 1, 1, device, warmup=0)  # also warms up
-                cheapest = min(first.median(k, "wall") for k in fns)
-                reps = max(1, min(20, round(0.05 / cheapest)))  # blocks of ≥ 50 ms: less noise
+                reps = 1
+                if not args.smoke:  # blocks of ≥ 50 ms: less noise
+                    first = C.interleaved(fns, 1, 1, device, warmup=0)  # also warms up
+                    reps = max(1, min(20, round(0.05 / min(first.median(k, "wall") for k in fns))))
                 t = C.interleaved(fns, rounds, reps, device, warmup=0)
                 d_exact, d_cg = flatten(out["exact"][0]), flatten(out["cg"][0])
                 info_cg, info_auto = out["cg"][2], out["auto"][2]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +124,7 @@ def variants(
 
 
 # ---- the run -----------------------------------------------------------------------------
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     p = C.parser(__doc__)
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--batch-size", type=int, default=128)
@@ -132,11 +132,11 @@ def main() -> None:
     p.add_argument("--image-shape", default=None, help="CxHxW: synthetic images, e.g. 3x32x32")
     p.add_argument("--alternatives", action="store_true", help="also func.jvp, channels-last")
     p.add_argument("--compile", action="store_true", help="also torch.compile (slow to compile)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.threads is None and args.device == "cpu":
         args.threads = 1  # one core each: a shared 2-core machine's neighbours cost least
     device = C.setup(args)
-    rounds = args.rounds or (2 if args.smoke else 15)
+    rounds = args.rounds or (1 if args.smoke else 15)
     batch = 16 if args.smoke else args.batch_size
     data = None
     if args.image_shape:
@@ -150,9 +150,9 @@ def main() -> None:
         )  # fmt: skip
         if model == "cnn":
             base["channels"] = 4 if args.smoke else args.cnn_channels
-        fns = variants(base, device, data, args.alternatives or args.smoke, args.compile)
-        reps = 5 if args.smoke else 10 if model == "cnn" else 50  # 10, 50: whole K=10 phases
-        times = C.interleaved(fns, rounds, reps, device)
+        fns = variants(base, device, data, args.alternatives, args.compile)
+        reps = 2 if args.smoke else 10 if model == "cnn" else 50  # 10, 50: whole K=10 phases
+        times = C.interleaved(fns, rounds, reps, device, warmup=0 if args.smoke else 1)
         peaks = {name: C.peak_bytes(lambda fn=fn, r=reps: [fn() for _ in range(r)], device) for name, fn in fns.items()}  # fmt: skip
         rows = []
         for name in fns:

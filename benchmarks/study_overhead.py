@@ -1,0 +1,136 @@
+"""Claim: a study of 16 trials of about 5 s each takes at most 1.1× the time of the same trials
+run back to back in one process, divided by the concurrency.
+
+The study is the real service (`python -m study.run --space smoke --num-samples 4`: K in
+{1, 4, 16, ∞} × 4 seeds, total_steps set so one trial takes about --trial-seconds), timed from
+launch to exit, Ray's start and shutdown included. The same trial configs, read back from the
+study's trials.parquet, then run back to back in this process on the same device. The two
+alternate for --rounds rounds (medians). The throughput line (back to back / study) is the
+speed-up from running trials concurrently: with --gpus-per-trial 0.25 on one GPU, 4 share it.
+
+Run:   python -m benchmarks.study_overhead [--trials 16] [--trial-seconds 5]
+              [--cpus-per-trial 1] [--gpus-per-trial F --device cuda] [--max-concurrent N]
+              [--smoke]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from benchmarks import _common as C
+from trainables import Trial, TrialConfig
+
+SPACE_TRIALS = 4  # the smoke space: K in {1, 4, 16, inf}
+TARGET = 1.1  # study wall time / (back-to-back time / concurrency)
+
+
+def steps_for(seconds: float, device: torch.device) -> int:
+    """total_steps for one smoke-space trial (K=4) to take about `seconds` here."""
+    probe = 300
+    cfg = {"trainer": "linearised", "k": 4, "total_steps": probe, "eval_every": probe // 10}
+    list(Trial(cfg, device).records())  # warm up
+    t = time.perf_counter()
+    list(Trial(cfg, device).records())
+    per_step = (time.perf_counter() - t) / probe
+    return max(20, round(seconds / per_step / 10) * 10)
+
+
+def run_study(args, storage: Path, name: str, steps: int) -> float:
+    """Run the study through its CLI; return the wall seconds from launch to exit."""
+    cmd = [
+        sys.executable, "-m", "study.run", "--space", "smoke", "--name", name,
+        "--storage", str(storage), "--num-samples", str(args.trials // SPACE_TRIALS),
+        "--set", f"total_steps={steps}", "--set", f"eval_every={max(1, steps // 10)}",
+        "--cpus-per-trial", str(args.cpus_per_trial), "--max-concurrent", str(args.concurrency),
+    ]  # fmt: skip
+    if args.gpus_per_trial:
+        cmd += ["--gpus-per-trial", str(args.gpus_per_trial)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    t = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+        raise SystemExit(f"study exited {done.returncode}: {' '.join(cmd)}")
+    return wall
+
+
+def study_configs(storage: Path, name: str) -> list[dict]:
+    """The trial configs the study ran, from its trials.parquet."""
+    import pandas as pd
+
+    table = pd.read_parquet(storage / name / "results" / "trials.parquet")
+    keys = [f.name for f in fields(TrialConfig)]
+    return [{k: row[k] for k in keys if k in row} for row in table.to_dict("records")]
+
+
+def back_to_back(configs: list[dict], device: torch.device) -> float:
+    t = time.perf_counter()
+    for config in configs:
+        list(Trial(config, device).records())
+    C.synchronize(device)
+    return time.perf_counter() - t
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = C.parser(__doc__)
+    p.add_argument("--trials", type=int, default=16, help="a multiple of 4")
+    p.add_argument("--trial-seconds", type=float, default=5.0)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--storage", default=None, help="where the studies go (default: a temp dir)")
+    args = p.parse_args(argv)
+    if args.threads is None:
+        args.threads = max(1, int(args.cpus_per_trial))  # as many as a trial gets in the study
+    if args.smoke:
+        args.trials, args.trial_seconds = SPACE_TRIALS, 0.5
+    device = C.setup(args)
+    if args.trials % SPACE_TRIALS:
+        raise SystemExit(f"--trials {args.trials}: must be a multiple of {SPACE_TRIALS}")
+    slots = (os.cpu_count() or 1) / args.cpus_per_trial
+    if args.gpus_per_trial:
+        slots = min(slots, 1 / args.gpus_per_trial)  # one GPU
+    args.concurrency = min(args.max_concurrent or math.inf, math.floor(slots), args.trials)
+    rounds = args.rounds or (1 if args.smoke else 2)
+    steps = steps_for(args.trial_seconds, device)
+    print(f"# {args.trials} trials of {steps} steps (≈ {args.trial_seconds:g} s each here), "
+          f"{args.concurrency} at once, {rounds} round(s)")  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = Path(args.storage or tmp)
+        studies, serial = [], []
+        for r in range(rounds):  # alternate, so drifts of a shared machine hit both
+            name = f"overhead-{os.getpid()}-{r}"
+            studies.append(run_study(args, storage, name, steps))
+            configs = study_configs(storage, name)
+            assert len(configs) == args.trials, f"{len(configs)} trials in the study"
+            serial.append(back_to_back(configs, device))
+    study_s, serial_s = sorted(studies)[len(studies) // 2], sorted(serial)[len(serial) // 2]
+    ideal = serial_s / args.concurrency
+    rows = [
+        ["study (python -m study.run)", study_s],
+        ["same trials back to back, one process", serial_s],
+        [f"back to back / concurrency {args.concurrency}", ideal],
+    ]
+    print(C.table(["run", "wall s"], rows))
+    ratio = study_s / ideal
+    ok = "met" if ratio <= TARGET else "MISSED"
+    print(f"\nratio study / (back to back / {args.concurrency}): {ratio:.2f} (target ≤ {TARGET}: {ok})")  # fmt: skip
+    print(f"ratio throughput, study vs one at a time: {serial_s / study_s:.2f}× "
+          f"with {args.concurrency} concurrent trials")  # fmt: skip
+    print(f"study overhead per trial: {(study_s - ideal) / args.trials * args.concurrency:.2f} s of wall time per trial slot")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
