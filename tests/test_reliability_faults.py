@@ -33,6 +33,14 @@ STEPS = list(range(0, TOTAL + 1, EVERY))
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
+def _psutil() -> Any:
+    """psutil, which ships inside Ray: importing ray puts it on sys.path."""
+    import importlib
+
+    importlib.import_module("ray")
+    return importlib.import_module("psutil")
+
+
 def _driver(argv: list[str], log: Path, address: str | None) -> subprocess.Popen:
     """`python -m study.run ARGV` in its own session; the CLI sets up Ray's environment itself."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
@@ -73,8 +81,7 @@ def _results_seen_by_tune(experiment: Path) -> int:
 
 def _listening(root_pid: int) -> list[tuple[str, int, str]]:
     """(ip, port, process name) of every listening TCP socket of `root_pid` and descendants."""
-    import psutil
-    import ray  # noqa: F401  (puts the psutil it ships with on sys.path)
+    psutil = _psutil()
 
     try:
         root = psutil.Process(root_pid)
