@@ -171,8 +171,13 @@ def prepare(options: StudyOptions) -> Prepared:
     spec = StudySpec.from_json(saved, paths.display(paths.spec))
     given = {f.name: getattr(options, f.name, None) for f in dataclasses.fields(StudySpec)}
     given["overrides"] = parse_overrides(options.overrides)
-    if "data_dir" in given["overrides"]:
-        given["overrides"].pop("data_dir")  # remembered as an absolute path
+    if "data_dir" in given["overrides"]:  # remembered as an absolute path
+        data_dir = os.path.abspath(os.path.expanduser(given["overrides"].pop("data_dir")))
+        if data_dir != spec.data_dir:
+            raise StudyError(
+                f"study {name!r} was created with --set data_dir={spec.data_dir}, not "
+                f"{data_dir}; a resume continues the same study: repeat it or leave it out"
+            )
     given["smoke"] = options.smoke
     check_same(spec, given, name)
     return Prepared(spec=spec, plan=build_plan(spec), paths=paths, resume=True)

@@ -98,6 +98,8 @@ def test_resume_with_different_options_is_refused(
     assert "created with --space smoke, not k_sweep" in err
     err = _refused(["--resume", "--name", "s", "--num-samples", "3"], capsys, storage)
     assert "--num-samples" in err
+    err = _refused(["--resume", "--name", "s", "--set", "data_dir=/elsewhere"], capsys, storage)
+    assert "data_dir=/tmp/data, not /elsewhere" in err
 
 
 @pytest.mark.ray

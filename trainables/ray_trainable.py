@@ -128,20 +128,7 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
             torch_version=torch.__version__,
         )
 
-    last_checkpoint_t, since_checkpoint, reported = time.time(), 0, False
-    for record in trial.records():
-        now = time.time()
-        rows.append({**fixed, **metric_columns(record), "reported_at": utc(now)})
-        since_checkpoint += 1
-        final = bool(record["diverged"]) or record["step"] >= trial.cfg.total_steps
-        due = (settings.checkpoint_every and since_checkpoint >= settings.checkpoint_every) or (
-            now - last_checkpoint_t >= settings.checkpoint_every_s
-        )
-        if not (final or due):
-            tune.report(tune_metrics(rows[-1]))
-            continue
-        meta["wall_s"] += now - attempt_t0
-        attempt_t0 = now
+    def report_with_checkpoint() -> None:
         with tempfile.TemporaryDirectory(prefix="ilstudy-ckpt-") as directory:
             torch.save(
                 {"trial": trial.state_dict(), "adapter": dict(meta)},
@@ -154,7 +141,27 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
             tune.report(
                 tune_metrics(rows[-1]), checkpoint=tune.Checkpoint.from_directory(directory)
             )
-        last_checkpoint_t, since_checkpoint, reported = time.time(), 0, True
-    if not reported and rows:
+
+    last_checkpoint_t, checkpointed, yielded = time.time(), len(rows), False
+    for record in trial.records():
+        now, yielded = time.time(), True
+        rows.append({**fixed, **metric_columns(record), "reported_at": utc(now)})
+        final = bool(record["diverged"]) or record["step"] >= trial.cfg.total_steps
+        every = settings.checkpoint_every
+        due = (every and len(rows) - checkpointed >= every) or (
+            now - last_checkpoint_t >= settings.checkpoint_every_s
+        )
+        if not (final or due):
+            tune.report(tune_metrics(rows[-1]))
+            continue
+        meta["wall_s"] += now - attempt_t0
+        attempt_t0 = now
+        report_with_checkpoint()
+        last_checkpoint_t, checkpointed = time.time(), len(rows)
+    if len(rows) > checkpointed:  # the loop ended without its final record: checkpoint anyway
+        meta["wall_s"] += time.time() - attempt_t0
+        attempt_t0 = time.time()
+        report_with_checkpoint()
+    elif not yielded and rows:
         # Restored from the final checkpoint (Tune lost the completion): report it again.
         tune.report(tune_metrics(rows[-1]))
