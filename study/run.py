@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(list_spaces())
             return 0
-        _environment(embedded=not options.address)
+        _environment(loopback=not options.address or _is_loopback(options.address))
         from study.service import run_study
 
         return run_study(options).exit_code
@@ -36,13 +36,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _environment(embedded: bool) -> None:
-    """Settings Ray reads at import time: quiet output; loopback-only embedded Ray."""
+def _is_loopback(address: str) -> bool:
+    """`address` names this machine's loopback (a cluster that may listen on 127.0.0.1 only)."""
+    import ipaddress
+
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _environment(loopback: bool) -> None:
+    """Settings Ray reads at import time: quiet output; loopback-only embedded Ray.
+
+    The loopback setting is also needed to attach to a cluster at 127.0.0.1: without it Ray
+    rewrites 127.0.0.1 to the host's own address, which a loopback-only cluster does not
+    listen on, and `ray.init` retries for ever.
+    """
     from study.cluster import LOOPBACK_ENV, QUIET_ENV
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    if embedded and "ray" not in sys.modules:
+    if loopback and "ray" not in sys.modules:
         for key, value in LOOPBACK_ENV.items():
             os.environ.setdefault(key, value)
 
