@@ -80,7 +80,6 @@ def test_killed_worker_node_moves_its_trials_to_the_other(
             node = _mid_trial_node(storage / "smoke" / "results" / "metrics")
             time.sleep(0.1)
         os.killpg(_raylet_group(node.split("/")[-1]), signal.SIGKILL)
-        killed_at = time.time()
         driver.wait(timeout=300)
     finally:
         _kill_group(driver)
@@ -94,11 +93,10 @@ def test_killed_worker_node_moves_its_trials_to_the_other(
     assert not metrics.duplicated(["trial_id", "step"]).any()
     for _, rows in metrics.groupby("trial_id"):
         assert sorted(rows["step"]) == list(range(0, TOTAL + 1, EVERY))
-    # Trials that finished after the kill (its workers may report a row or so as they die)
-    # finished on the other node.
-    final = metrics[metrics["step"] == TOTAL]
-    late = final[final["reported_at"] > pd.Timestamp(killed_at + 5, unit="s", tz="UTC")]
-    assert len(late) and node not in set(late["node"]), final[["trial_id", "node", "attempt"]]
-    moved = metrics.groupby("trial_id")["node"].nunique()
-    assert (moved > 1).any()  # a trial started on the killed node and finished on the other
-    assert metrics.loc[metrics["node"] != node, "attempt"].max() >= 1  # from its checkpoint
+    # A trial that ran on the killed node finished on the other, from its checkpoint.
+    nodes = metrics.groupby("trial_id")["node"].nunique()
+    assert (nodes > 1).any(), metrics[["trial_id", "step", "node", "attempt"]]
+    for trial_id in nodes[nodes > 1].index:
+        rows = metrics[metrics["trial_id"] == trial_id].sort_values("step")
+        assert rows["node"].iloc[0] == node and rows["node"].iloc[-1] != node
+        assert rows["attempt"].iloc[-1] >= 1

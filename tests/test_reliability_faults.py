@@ -45,12 +45,9 @@ def _driver(argv: list[str], log: Path, address: str | None) -> subprocess.Popen
     """`python -m study.run ARGV` in its own session; the CLI sets up Ray's environment itself."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     env["PYTHONUNBUFFERED"] = "1"
-    if address is None:
-        env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # the CLI must choose loopback itself
-    else:
-        # The shared Ray listens on 127.0.0.1 only; without this Ray rewrites 127.0.0.1 to the
-        # host's address and the driver waits for ever (reported in the issue note).
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # The CLI must choose loopback itself: for its embedded Ray, and to attach to the shared
+    # Ray, which listens on 127.0.0.1 only (before the fix, such a driver waited for ever).
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     extra = ["--address", address] if address else []
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -183,6 +180,7 @@ def test_killed_drivers_resume_exactly_alongside_another_study(
                 seen = state or seen
             time.sleep(0.002)
         overlapped = resume.poll() is None
+        print(f"second driver killed {caught}")
     finally:
         _kill_group(mid)
     assert overlapped, "the first study's resume ended before the second study wrote"
