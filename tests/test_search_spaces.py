@@ -64,7 +64,7 @@ def test_every_space_runs_in_smoke_mode(name: str) -> None:
 
 def test_spaces_sweep_what_the_issue_asks_for() -> None:
     k_sweep = search_spaces.get("k_sweep")
-    assert k_sweep.grid["k"][:4] == [1, 10, 100, 1000] and k_sweep.grid["k"][-1] == "inf"
+    assert {1, 10, 100, 1000} <= set(k_sweep.grid["k"][:-1]) and k_sweep.grid["k"][-1] == "inf"
     assert len(k_sweep.grid["seed"]) >= 2 and "total_steps" in k_sweep.fixed
     phase = search_spaces.get("phase_diagram")
     assert {"total_steps", "k"} <= set(phase.grid)
