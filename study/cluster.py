@@ -15,6 +15,7 @@ from study.errors import StudyError
 from study.storage import Storage
 
 CONNECT_TIMEOUT_S = 3.0
+PROBE_TIMEOUT_S = 120.0  # each node must answer the shared-storage probe within this
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_PACKAGES = ("study", "trainables", "search_spaces")  # what every node must import
 
@@ -179,4 +180,11 @@ def _nodes_not_seeing(path: str, nodes: list[dict[str, Any]]) -> list[str]:
         ).remote(path)
         for n in nodes
     }
-    return [node for node, ref in refs.items() if not ray.get(ref, timeout=120)]
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
+    silent = [node for node, ref in refs.items() if ref not in ready]
+    if silent:  # before, ray.get raised GetTimeoutError: a traceback instead of a message
+        raise StudyError(
+            f"node(s) {', '.join(silent)} did not answer the shared-storage check within "
+            f"{PROBE_TIMEOUT_S:.0f} s; check that they are healthy and not overloaded, then retry"
+        )
+    return [node for node, ref in refs.items() if not ray.get(ref)]
