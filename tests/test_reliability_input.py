@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,17 @@ def test_resume_of_a_study_with_broken_state_names_the_file(
     err = _refused(["--resume", "--name", "other", "--storage", str(populated)], capsys, populated)
     assert state.name in err and "cannot resume" in err
     assert os.path.getsize(study / "results" / "trials.parquet") > 0
+
+
+@pytest.mark.ray
+def test_a_node_that_does_not_answer_the_storage_probe_is_named(
+    ray_session: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the probe's GetTimeoutError escaped as a traceback from `python -m study.run`."""
+    import study.cluster as cluster
+    from study.errors import StudyError
+
+    monkeypatch.setattr(cluster, "PROBE_TIMEOUT_S", 0.0)
+    monkeypatch.setattr(ray_session, "wait", lambda refs, **kw: ([], refs))
+    with pytest.raises(StudyError, match=r"node\(s\) .* did not answer the shared-storage check"):
+        cluster._nodes_not_seeing(str(tmp_path), cluster.alive_nodes())
