@@ -178,21 +178,28 @@ def _draw_plain(ax, plain: list, metric: str, c: str, styles: dict[str, tuple]) 
 
 
 def _top_k_axis(top_axes, chunk: Sequence[Group]) -> None:
-    """A secondary axis in K = T/N when every group has the same T and the uniform schedule."""
+    """A secondary axis in K when every group has the same T and the uniform schedule.
+
+    θ_s moves after steps K, 2K, … < T, so N = T/K − 1 when K divides T: K = T/(N + 1).
+    """
     totals = {float(t) for g in chunk for t in g.trials["total_steps"]}
     schedules = {s for g in chunk for s in g.trials.get("schedule", pd.Series(["uniform"]))}
     if len(totals) != 1 or schedules != {"uniform"}:
         return
     total = totals.pop()
 
-    def swap(x: np.ndarray) -> np.ndarray:  # N <-> K = T/N, its own inverse
-        with np.errstate(divide="ignore"):
-            return total / np.asarray(x, dtype=float)
+    def to_k(n: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return total / (np.asarray(n, dtype=float) + 1)
+
+    def to_n(k: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return total / np.asarray(k, dtype=float) - 1
 
     for ax in top_axes:
-        sec = ax.secondary_xaxis("top", functions=(swap, swap))
+        sec = ax.secondary_xaxis("top", functions=(to_k, to_n))
         plain_log_ticks(sec.xaxis, subs=(1.0, 2.0, 5.0))
-        sec.set_xlabel("K = T/N (steps between feature updates)")
+        sec.set_xlabel("K = T/(N+1) (steps between feature updates)")
 
 
 def _fit_rows(fits: pd.DataFrame | None, group: Group) -> pd.DataFrame:
