@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,8 +46,8 @@ def steps_for(seconds: float, device: torch.device) -> int:
     return max(20, round(seconds / per_step / 10) * 10)
 
 
-def run_study(args, storage: Path, name: str, steps: int) -> float:
-    """Run the study through its CLI; return the wall seconds from launch to exit."""
+def run_study(args, storage: Path, name: str, steps: int) -> tuple[float, float]:
+    """Run the study through its CLI; return (launch time, exit time) as Unix seconds."""
     cmd = [
         sys.executable, "-m", "study.run", "--space", "smoke", "--name", name,
         "--storage", str(storage), "--num-samples", str(args.trials // SPACE_TRIALS),
@@ -56,22 +57,25 @@ def run_study(args, storage: Path, name: str, steps: int) -> float:
     if args.gpus_per_trial:
         cmd += ["--gpus-per-trial", str(args.gpus_per_trial)]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    t = time.perf_counter()
+    launch = time.time()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
         raise SystemExit(f"study exited {done.returncode}: {' '.join(cmd)}")
-    return wall
+    return launch, time.time()
 
 
-def study_configs(storage: Path, name: str) -> list[dict]:
-    """The trial configs the study ran, from its trials.parquet."""
+def study_trials(storage: Path, name: str) -> tuple[list[dict], list[tuple[float, float]]]:
+    """The trial configs the study ran and each trial's (start, end) in Unix seconds, from its
+    trials.parquet."""
     import pandas as pd
 
     table = pd.read_parquet(storage / name / "results" / "trials.parquet")
     keys = [f.name for f in fields(TrialConfig)]
-    return [{k: row[k] for k in keys if k in row} for row in table.to_dict("records")]
+    configs = [{k: row[k] for k in keys if k in row} for row in table.to_dict("records")]
+    starts = [t.timestamp() for t in table["started_at"]]
+    spans = [(a, a + w) for a, w in zip(starts, table["wall_s"], strict=True)]
+    return configs, spans
 
 
 def back_to_back(configs: list[dict], device: torch.device) -> float:
@@ -109,18 +113,30 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(args.storage or tmp)
-        studies, serial = [], []
+        studies, serial, parts = [], [], []
         for r in range(rounds):  # alternate, so drifts of a shared machine hit both
             name = f"overhead-{os.getpid()}-{r}"
-            studies.append(run_study(args, storage, name, steps))
-            configs = study_configs(storage, name)
+            launch, end = run_study(args, storage, name, steps)
+            configs, spans = study_trials(storage, name)
             assert len(configs) == args.trials, f"{len(configs)} trials in the study"
+            first, last = min(a for a, _ in spans), max(b for _, b in spans)
+            in_trials = statistics.mean(b - a for a, b in spans)
+            studies.append(end - launch)
+            parts.append((first - launch, last - first, end - last, in_trials))
             serial.append(back_to_back(configs, device))
-    study_s, serial_s = sorted(studies)[len(studies) // 2], sorted(serial)[len(serial) // 2]
+    study_s, serial_s = statistics.median(studies), statistics.median(serial)
+    start_s, trials_s, stop_s, in_trial_s = (
+        statistics.median(p[i] for p in parts) for i in range(4)
+    )
     ideal = serial_s / args.concurrency
     rows = [
-        ["study (python -m study.run)", study_s],
+        ["study (python -m study.run), launch to exit", study_s],
+        ["  launch → first trial starts (Python, Ray, Tune)", start_s],
+        ["  first trial starts → last trial ends", trials_s],
+        ["  last trial ends → exit (results, shutdown)", stop_s],
+        ["  one trial inside the study, mean", in_trial_s],
         ["same trials back to back, one process", serial_s],
+        ["  one trial back to back, mean", serial_s / args.trials],
         [f"back to back / concurrency {args.concurrency}", ideal],
     ]
     print(C.table(["run", "wall s"], rows))
