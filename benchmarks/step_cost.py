@@ -14,15 +14,18 @@ the general dual-tensor path (what every model ran before the layer-wise path). 
 --alternatives: K=∞ through torch.func.jvp, and the CNN in channels-last layout (plain and K=∞).
 With --compile: K=∞ through torch.compile of the layer-wise step.
 
-Evidence (2 shared, noisy cores, torch 2.14.1 CPU, 1 thread, median of paired ratios, digits
-MLP 64→128→128→10 and CNN 32 channels on 8×8, batch 128):
-- dual tensors: MLP 2.4×, CNN 1.7× plain (per-op dual dispatch and functional_call's swap);
-- layer-wise tangent (adopted): see the table this prints; at or under 1.7× on both;
-- torch.func.jvp with autograd through the primal: 3.0-3.3× on the MLP (worse than duals);
+Evidence (2 shared, noisy cores of an AMD EPYC, torch 2.14.1 CPU, 1 thread, median of paired
+CPU-time ratios over 15-21 rounds; digits MLP 64→128→128→10 and CNN 32 channels on 8×8, batch
+128; two full runs):
+- layer-wise tangent (adopted): MLP K=10 1.39×, K=∞ 1.35-1.44×; CNN K=10 1.51-1.64×,
+  K=∞ 1.58-1.77× (the FLOP bound is 5/3: a CNN step is convolutions); peak memory 1.3× (MLP)
+  and 1.2× (CNN) a plain step's;
+- dual tensors (before): MLP 1.8×, CNN 1.74-1.89×, peak memory 1.6× and 1.8×;
+- torch.func.jvp with autograd through the primal: MLP 2.3×, CNN 1.8× (no better than duals);
 - torch.compile: dual tensors graph-break at make_dual (falls back to eager); the layer-wise
   step compiles (40 s cold, 4 s warm) but ran 1.06× slower than eager on the MLP: not adopted;
-- channels-last speeds every CNN variant on CPU (convs 20-40%, average pools ~2×), the ratio
-  stays about 5/3: worth adopting in the model for speed, not for the ratio.
+- channels-last: every CNN variant faster on CPU (plain 48 → 42 ms; convolutions 20-40%,
+  average pools ~2×); linearised K=∞ / plain 1.53×. Worth adopting in the model for speed.
 """
 
 from __future__ import annotations

@@ -8,6 +8,11 @@ study's trials.parquet, then run back to back in this process on the same device
 alternate for --rounds rounds (medians). The throughput line (back to back / study) is the
 speed-up from running trials concurrently: with --gpus-per-trial 0.25 on one GPU, 4 share it.
 
+Evidence (2 shared cores, 16 trials of 3090 steps ≈ 4.9 s each, 2 at once, 2 rounds): the study
+took 89.7 s against 78.1 / 2 = 39 s: 2.30×, target missed. Start (Python, Ray, Tune) 16.3 s;
+each trial 8.5 s inside the study against 4.9 s alone: about 1.8 s fixed per trial (a 0.5 s trial
+takes 2.4 s) and the rest two trials and Ray's daemons sharing two cores; shutdown 3 s.
+
 Run:   python -m benchmarks.study_overhead [--trials 16] [--trial-seconds 5]
               [--cpus-per-trial 1] [--gpus-per-trial F --device cuda] [--max-concurrent N]
               [--smoke]
