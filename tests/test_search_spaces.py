@@ -119,7 +119,8 @@ def test_list_shows_each_space_with_trials_and_expected_time() -> None:
         line = next(line for line in text.splitlines() if line.startswith(space.name + " "))
         assert "~" in line and space.description in line
     k_line = next(line for line in text.splitlines() if line.startswith("k_sweep "))
-    assert " 15 " in k_line
+    grid = search_spaces.get("k_sweep").grid
+    assert f" {len(grid['k']) * len(grid['seed'])} " in k_line  # 7 K × 3 seeds = 21
 
 
 @pytest.fixture(autouse=True)
