@@ -244,6 +244,9 @@ def _fit(
     )
     t0 = time.time()
     if prepared.resume:
+        from study.reconcile import reconcile_errored
+
+        reconcile_errored(paths)  # Tune's snapshot may miss a trial's ERROR (Ray race)
         tuner = restore_tuner(spec, paths, retry_errored=options.retry_errored)
     else:
         write_json_atomic(paths.storage.fs, paths.spec, spec.to_json())
