@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-import trainables.loop
 from trainables import Trial
 from trainables.data import Data
 
@@ -24,31 +22,9 @@ def synthetic_images(
     return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes, shape)
 
 
-@contextlib.contextmanager
-def _data_override(data: Data | None) -> Iterator[None]:
-    """Make Trial load `data` instead of cfg.dataset while it is built.
-
-    Reaches into trainables.loop's import of load_data: benchmarks only, until Trial takes data.
-    """
-    if data is None:
-        yield
-        return
-    original = trainables.loop.load_data
-
-    def load(cfg, device="cpu"):
-        return data.to(torch.device(device), getattr(torch, cfg.dtype))
-
-    trainables.loop.load_data = load
-    try:
-        yield
-    finally:
-        trainables.loop.load_data = original
-
-
 def make_trial(config: Mapping[str, Any], device: torch.device, data: Data | None = None) -> Trial:
     """A trial on `device`, on its configured dataset or on the given tensors."""
-    with _data_override(data):
-        return Trial(dict(config), device)
+    return Trial(dict(config), device, data=data)
 
 
 def to_channels_last(trial: Trial) -> Trial:

@@ -127,3 +127,15 @@ def test_missing_torchvision_files_say_where_and_how(tmp_path, name):
     message = str(err.value)
     assert str(tmp_path / "nowhere") in message and "download=true" in message
     assert not (tmp_path / "nowhere").exists() or not any((tmp_path / "nowhere").rglob("*"))
+
+
+def test_a_trial_on_given_tensors_equals_one_that_loads_them():
+    cfg = TrialConfig.from_mapping(
+        {"dataset": "synthetic", "total_steps": 20, "eval_every": 10, "probe_size": 8}
+    )
+    given = load_data(cfg).to(torch.device("cpu"), torch.float64)  # cast back by the trial
+    ran = [list(Trial(cfg, data=d).records()) for d in (None, given)]
+    for a, b in zip(*ran, strict=True):
+        a.pop("elapsed_s"), b.pop("elapsed_s")
+        assert a == pytest.approx(b, nan_ok=True)
+    assert Trial(cfg, data=given).data.x_train.dtype == torch.float32

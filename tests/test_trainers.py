@@ -178,6 +178,24 @@ def test_feature_update_counts_and_schedules():
     assert final(trainer="plain", total_steps=20) == 19
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(k=1), dict(k=7), dict(k=10), dict(k=59), dict(k=60), dict(k="inf"),
+        dict(k=3, schedule="geometric", growth=1.7), dict(k=1, schedule="geometric", growth=1.1),
+        dict(schedule="one_shot", one_shot_at=13), dict(schedule="one_shot", one_shot_at=100),
+        dict(trainer="plain"), dict(trainer="gauss_newton"),
+    ],
+)  # fmt: skip
+def test_move_membership_equals_the_materialised_schedule(kw):
+    from trainables.config import TrialConfig
+    from trainables.schedule import is_move_step, move_steps
+
+    cfg = TrialConfig.from_mapping(tiny_config(total_steps=60, **kw))
+    expected = set(move_steps(cfg))
+    assert {t for t in range(-2, 130) if is_move_step(cfg)(t)} == expected
+
+
 def test_one_shot_is_plain_then_a_fixed_linearisation():
     cfg = tiny_config(schedule="one_shot", one_shot_at=12, total_steps=30, lr=0.2)
     trial = Trial(cfg)
@@ -268,3 +286,19 @@ def test_save_and_restore_continues_with_the_records_of_an_unbroken_run(override
                 assert math.isnan(a[key]), key
             else:
                 assert a[key] == value, (key, a["step"])
+
+
+def test_loading_a_state_leaves_the_callers_state_untouched():
+    """θ_s is updated in place at a feature update: a state, once loaded, must not follow it."""
+    cfg = tiny_config(k=2, total_steps=12, eval_every=4)
+    trial = Trial(cfg)
+    records = trial.records()
+    next(records), next(records)  # step 4
+    state = trial.state_dict()
+    kept = {name: t.clone() for name, t in state["theta_s"].items()}
+    restored = Trial(cfg)
+    restored.load_state_dict(state)
+    list(restored.records())
+    assert restored.feature_updates == 5
+    for name, t in state["theta_s"].items():
+        assert torch.equal(t, kept[name]), name

@@ -6,12 +6,13 @@ Everything here runs without Ray; ``trainables.ray_trainable`` is the thin Tune 
 from __future__ import annotations
 
 from trainables.config import TrialConfig, parse_override
-from trainables.data import DatasetMissingError, batch_indices, load_data
+from trainables.data import Data, DatasetMissingError, batch_indices, load_data
 from trainables.loop import MEASURE_KEYS, RECORD_KEYS, Trial, run
 
 __all__ = [
     "MEASURE_KEYS",
     "RECORD_KEYS",
+    "Data",
     "DatasetMissingError",
     "Trial",
     "TrialConfig",

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from trainables.config import TrialConfig
-from trainables.data import batch_indices, load_data
+from trainables.data import Data, batch_indices, load_data
 from trainables.gauss_newton import gauss_newton_direction
 from trainables.linearise import accuracy, linearised_grad, linearised_predict, loss_fn
 from trainables.measures import (
@@ -26,7 +26,7 @@ from trainables.measures import (
     relative_change,
 )
 from trainables.models import build_model
-from trainables.schedule import move_steps
+from trainables.schedule import is_move_step
 
 MEASURE_KEYS = (
     "kernel_distance_init",  # S(K(θ_s), K₀): kernel change since initialisation
@@ -47,18 +47,26 @@ class Trial:
     """A trial that can be iterated, saved after any record, and restored exactly."""
 
     def __init__(
-        self, config: Mapping[str, Any] | TrialConfig, device: torch.device | str | None = None
+        self,
+        config: Mapping[str, Any] | TrialConfig,
+        device: torch.device | str | None = None,
+        data: Data | None = None,
     ):
+        """`data`, when given, replaces cfg.dataset (e.g. tensors of CIFAR-10's shape on a
+        machine without its files); it is moved to `device` and cfg.dtype as given."""
         self.cfg = cfg = TrialConfig.from_mapping(config)
         self.device = torch.device(device or "cpu")
-        self.data = load_data(cfg, self.device)
+        if data is None:
+            self.data = load_data(cfg, self.device)
+        else:
+            self.data = data.to(self.device, getattr(torch, cfg.dtype))
         self.model = build_model(cfg, tuple(self.data.x_train.shape[1:]), self.data.num_classes)
         self.model.to(self.device)
         self.theta = dict(self.model.named_parameters())  # θ: what the optimiser moves
         self.theta_s = _clone(self.theta)  # θ_s: the current linearisation point
         self.theta_0 = _clone(self.theta)
         self.optimizer = self._make_optimizer()
-        self.moves = set(move_steps(cfg))
+        self.is_move_step = is_move_step(cfg)
         self.step = 0
         self.feature_updates = 0
         self.at_lin_point = True  # θ == θ_s exactly, so the tangent pass can be skipped
@@ -69,7 +77,7 @@ class Trial:
         self._t0 = time.perf_counter()
         self.lin_point_change = 0.0
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        self._since_record = {"loss": 0.0, "cg": 0.0, "steps": 0}
+        self._since_record = self._fresh_since_record()
         self._phase = {"start": 0, "best": math.inf, "ema": math.nan, "stale": 0}
         self._setup_probe()
 
@@ -144,23 +152,29 @@ class Trial:
         self.at_lin_point = False
         return loss.detach()
 
+    def _fresh_since_record(self, loss: float = 0.0) -> dict[str, Any]:
+        # the loss sum stays on the device: reading it every step would sync a GPU every step
+        loss_sum = torch.tensor(loss, dtype=torch.float64, device=self.device)
+        return {"loss": loss_sum, "cg": 0.0, "steps": 0}
+
     def _after_step(self, batch_loss: torch.Tensor) -> None:
         self._bad |= ~torch.isfinite(batch_loss)
-        self._since_record["loss"] += float(batch_loss)
+        self._since_record["loss"] += batch_loss
         self._since_record["steps"] += 1
         # moves are applied lazily, at the start of the next step, so that a record taken now
         # evaluates the model that was actually trained, and no move happens after step T
-        due = self._should_move(float(batch_loss))
+        due = self._should_move(batch_loss)
         self.pending_move = due and self.step < self.cfg.total_steps
 
-    def _should_move(self, batch_loss: float) -> bool:
+    def _should_move(self, batch_loss: torch.Tensor) -> bool:
         cfg = self.cfg
         if (
             not cfg.solve_to_convergence
             or cfg.trainer != "linearised"
             or cfg.schedule == "one_shot"
         ):
-            return self.step in self.moves
+            return self.is_move_step(self.step)
+        batch_loss = float(batch_loss)  # the convergence test needs the value every step
         phase = self._phase  # converge on an EMA of the batch loss, k caps the phase length
         phase["ema"] = (
             batch_loss if math.isnan(phase["ema"]) else 0.9 * phase["ema"] + 0.1 * batch_loss
@@ -174,10 +188,15 @@ class Trial:
         return phase["stale"] >= cfg.convergence_patience or length >= cfg.k
 
     def _move(self) -> None:
-        """A feature update: θ_s ← θ."""
+        """A feature update: θ_s ← θ (for plain and GN, which train the network itself, θ_s
+        is θ at every step, so nothing is copied)."""
         if self.cfg.trainer == "linearised":
             self.lin_point_change = relative_change(self.theta, self.theta_s)
-        self.theta_s = _clone(self.theta)
+            with torch.no_grad():
+                for name, p in self.theta.items():
+                    self.theta_s[name].copy_(p)
+        else:
+            self.theta_s = self.theta
         self.feature_updates += 1
         self.at_lin_point = True
         self.pending_move = False
@@ -210,10 +229,10 @@ class Trial:
             "test_acc": float(accuracy(out_test, data.y_test)),
             "diverged": diverged,
             "elapsed_s": self.elapsed_before + time.perf_counter() - self._t0,
-            "batch_loss": self._since_record["loss"] / steps if steps else math.nan,
+            "batch_loss": float(self._since_record["loss"]) / steps if steps else math.nan,
             "cg_iters": self._since_record["cg"] / steps if steps and cfg.trainer == "gauss_newton" else math.nan,
         }  # fmt: skip
-        self._since_record = {"loss": 0.0, "cg": 0.0, "steps": 0}
+        self._since_record = self._fresh_since_record()
         record.update(self._measures(diverged))
         return record
 
@@ -263,7 +282,7 @@ class Trial:
             "elapsed_s": self.elapsed_before + time.perf_counter() - self._t0,
             "lin_point_change": self.lin_point_change,
             "bad": bool(self._bad),
-            "since_record": dict(self._since_record),
+            "since_record": {**self._since_record, "loss": float(self._since_record["loss"])},
             "phase": dict(self._phase),
             "theta": _clone(self.theta),
             "theta_s": _clone(self.theta_s),
@@ -280,8 +299,9 @@ class Trial:
         with torch.no_grad():
             for name, p in self.theta.items():
                 p.copy_(state["theta"][name])
-        self.theta_s = {n: t.to(self.device) for n, t in state["theta_s"].items()}
-        self.theta_0 = {n: t.to(self.device) for n, t in state["theta_0"].items()}
+        # copies: θ_s is updated in place, and the caller's state must stay as it was
+        self.theta_s = {n: t.to(self.device, copy=True) for n, t in state["theta_s"].items()}
+        self.theta_0 = {n: t.to(self.device, copy=True) for n, t in state["theta_0"].items()}
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.feature_updates = state["step"], state["feature_updates"]
@@ -289,7 +309,9 @@ class Trial:
         self.started, self.done = state["started"], state["done"]
         self.elapsed_before, self.lin_point_change = state["elapsed_s"], state["lin_point_change"]
         self._bad = torch.tensor(state["bad"], device=self.device)
-        self._since_record, self._phase = dict(state["since_record"]), dict(state["phase"])
+        since = state["since_record"]
+        self._since_record = {**since, "loss": self._fresh_since_record(since["loss"])["loss"]}
+        self._phase = dict(state["phase"])
         kernels = dict(state["kernels"])
         to_dev = lambda t: None if t is None else t.to(self.device)  # noqa: E731
         kernels["K0"], kernels["prev"] = to_dev(kernels["K0"]), to_dev(kernels["prev"])

@@ -18,6 +18,7 @@ never made: the final predictor is always the last linear model that was trained
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from trainables.config import TrialConfig
 
@@ -41,3 +42,25 @@ def move_steps(cfg: TrialConfig) -> list[int]:
             return steps
         steps.append(t)
         gap *= cfg.growth
+
+
+def is_move_step(cfg: TrialConfig) -> Callable[[int], bool]:
+    """A constant-time membership test for :func:`move_steps` (t ↦ t ∈ move_steps(cfg)).
+
+    It does not materialise T steps for plain, one-shot or uniform schedules, so a trial of
+    any length costs O(1) memory and time per step; the geometric schedule has O(log T) moves
+    and keeps them as a set.
+    """
+    T = cfg.total_steps
+    if cfg.trainer in ("plain", "gauss_newton"):
+        return lambda t: 1 <= t < T
+    if cfg.schedule == "one_shot":
+        last = min(cfg.one_shot_at, T - 1)
+        return lambda t: 1 <= t <= last
+    if cfg.k == math.inf:
+        return lambda t: False
+    if cfg.schedule == "uniform":
+        k = int(cfg.k)
+        return lambda t: 1 <= t < T and t % k == 0
+    moves = frozenset(move_steps(cfg))
+    return moves.__contains__
