@@ -14,7 +14,7 @@ from search_spaces import Choice, LogUniform, Space, Uniform
 from study.errors import StudyError
 from study.spec import StudySpec
 from trainables import DatasetMissingError, TrialConfig
-from trainables.data import check_available
+from trainables.catalog import check_available
 
 SEED_STRIDE = 1000  # repeat r of a grid uses seed + r·SEED_STRIDE
 _MAX_CHECKED = 20_000  # configs validated one by one before a study starts

@@ -97,7 +97,6 @@ class TrialsWriter(Callback):
     def row(self, trial: Any) -> dict[str, Any]:
         """One trials.parquet row from Tune's view of the trial."""
         import ray
-        import torch
 
         last = dict(trial.last_result or {})
         status = trial_status(trial)
@@ -119,10 +118,20 @@ class TrialsWriter(Callback):
             "device": last.get("device"),
             "node": last.get("node"),
             "ilstudy_version": last.get("ilstudy_version"),
-            "torch_version": last.get("torch_version", torch.__version__),
+            "torch_version": last.get("torch_version") or _torch_version(),
             "ray_version": ray.__version__,
             "python_version": platform.python_version(),
         }
+
+
+def _torch_version() -> str | None:
+    """The installed torch's version, without importing torch into the driver."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _first_error_line(trial: Any) -> str | None:

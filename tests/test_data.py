@@ -139,3 +139,20 @@ def test_a_trial_on_given_tensors_equals_one_that_loads_them():
         a.pop("elapsed_s"), b.pop("elapsed_s")
         assert a == pytest.approx(b, nan_ok=True)
     assert Trial(cfg, data=given).data.x_train.dtype == torch.float32
+
+
+def test_digits_are_sklearns_digits_read_without_importing_sklearn():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from trainables.data import digits_arrays
+
+    images, labels = digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+    code = "import sys; from trainables.data import digits_arrays; digits_arrays(); "
+    code += "print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

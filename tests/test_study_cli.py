@@ -8,6 +8,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -133,3 +134,18 @@ def test_the_real_command_prints_one_line_and_lists_spaces(tmp_path: Path) -> No
     )  # fmt: skip
     assert listing.returncode == 0
     assert all(name in listing.stdout for name in ("k_sweep", "optuna_lr_k", "smoke"))
+
+
+def test_the_study_driver_imports_neither_torch_nor_sklearn() -> None:
+    """The driver validates, schedules and writes Parquet; torch (3 s to import here) and
+    scikit-learn load only in trial processes."""
+    code = (
+        "import sys, study.run, study.service, study.tuner, study.writer, study.plan; "
+        "from study.service import prepare, StudyOptions; prepare(StudyOptions(space='k_sweep', "
+        "storage=sys.argv[1])); print(sorted({'torch', 'sklearn'} & set(sys.modules)))"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [sys.executable, "-c", code, tmp], capture_output=True, text=True, check=True
+        )
+    assert out.stdout.strip() == "[]"

@@ -17,6 +17,7 @@ import torch
 from trainables.config import TrialConfig
 from trainables.data import Data, batch_indices, load_data
 from trainables.gauss_newton import gauss_newton_direction
+from trainables.keys import MEASURE_KEYS
 from trainables.linearise import accuracy, linearised_grad, linearised_predict, loss_fn
 from trainables.measures import (
     centred_alignment,
@@ -28,18 +29,6 @@ from trainables.measures import (
 from trainables.models import build_model
 from trainables.schedule import is_move_step
 
-MEASURE_KEYS = (
-    "kernel_distance_init",  # S(K(θ_s), K₀): kernel change since initialisation
-    "kernel_distance_prev",  # S(K(θ_s), K at the previous measure)
-    "kernel_velocity",  # kernel_distance_prev per step
-    "kernel_alignment",  # centred kernel–target alignment of K(θ_s)
-    "param_change",  # ‖θ − θ₀‖ / ‖θ₀‖
-    "lin_point_change",  # ‖θ_s − θ_s,prev‖ / ‖θ_s,prev‖ at the latest feature update
-)
-RECORD_KEYS = (
-    "step", "feature_updates", "train_loss", "train_acc", "test_loss", "test_acc",
-    "diverged", "elapsed_s", "batch_loss", "cg_iters", *MEASURE_KEYS,
-)  # fmt: skip
 STATE_VERSION = 1
 
 

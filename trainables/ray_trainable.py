@@ -110,7 +110,7 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
         "device": device,
         "node": _node(),
         "ilstudy_version": settings.code_version,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
 
     def tune_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
             trial_wall_s=wall_s,
             reported_at=time.time(),
             ilstudy_version=settings.code_version,
-            torch_version=torch.__version__,
+            torch_version=str(torch.__version__),
         )
 
     def report_with_checkpoint() -> None:
