@@ -160,3 +160,67 @@ def test_auto_solver_picks_exact_for_small_systems_and_cg_for_large():
     assert choose_solver("auto", 10, 4, 1000, 4096) == "exact"
     assert choose_solver("auto", 1000, 10, 1000, 4096) == "cg"
     assert choose_solver("exact", 1000, 10, 1000, 4096) == "exact"
+
+
+def test_auto_decides_with_a_remembered_rayleigh_quotient_and_reprobes(monkeypatch):
+    """In the zone where auto must probe, a recent q decides instead; CG's start is then built
+    only when CG runs, and a probe happens again every REPROBE_EVERY decisions."""
+    import trainables.gauss_newton as gn
+
+    costs = gn.SolverCosts(exact_s=1.0, iteration_s=0.01, jacobian_bytes=0)  # probe zone
+    monkeypatch.setattr(gn, "solver_costs", lambda *a, **k: costs)
+    starts = []
+    real_start = gn._CGStart
+
+    def counting_start(*args, **kwargs):
+        starts.append(1)
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(gn, "_CGStart", counting_start)
+    trial, x, y, _, _ = _problem("cross_entropy")
+    lam = 1e-3
+
+    def solve(memory):
+        return gauss_newton_direction(trial.model, trial.theta, x, y, "cross_entropy", lam,
+                                      memory=memory)[2].solver  # fmt: skip
+
+    solve(None)
+    assert len(starts) == 1  # no memory: a probe
+    slow_cg = gn.SolverMemory(rayleigh=1e6 * lam)  # CG would need hundreds of iterations
+    assert [solve(slow_cg) for _ in range(3)] == ["exact"] * 3 and len(starts) == 1
+    fast_cg = gn.SolverMemory(rayleigh=lam)  # a handful of iterations
+    assert solve(fast_cg) == "cg" and len(starts) == 2  # built once, for CG itself
+    true_q = fast_cg.rayleigh
+    assert true_q != lam and fast_cg.since_probe == 0  # CG's start refreshed the memory
+
+    stale = gn.SolverMemory(rayleigh=1e6 * lam, since_probe=gn.SolverMemory.REPROBE_EVERY)
+    before = len(starts)
+    solve(stale)
+    assert len(starts) == before + 1 and stale.rayleigh == pytest.approx(true_q)
+    assert stale.since_probe == 0
+
+
+def test_a_restored_gn_trial_remembers_what_auto_learnt(monkeypatch, tmp_path):
+    import trainables.gauss_newton as gn
+
+    costs = gn.SolverCosts(exact_s=1.0, iteration_s=0.01, jacobian_bytes=0)  # probe zone
+    monkeypatch.setattr(gn, "solver_costs", lambda *a, **k: costs)
+    cfg = tiny_config(trainer="gauss_newton", solver="auto", lr=0.1, damping=1e-4,
+                      total_steps=30, eval_every=5, probe_size=0)  # fmt: skip
+    unbroken = Trial(cfg)
+    expected = [r for r in unbroken.records()]
+    trial = Trial(cfg)
+    head = []
+    for record in trial.records():
+        head.append(record)
+        if record["step"] == 10:
+            torch.save(trial.state_dict(), tmp_path / "state.pt")
+            break
+    assert trial.solver_memory.rayleigh is not None and trial.solver_memory.since_probe == 9
+    restored = Trial(cfg)
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    tail = list(restored.records())
+    assert restored.solver_memory == unbroken.solver_memory  # probed at the same steps
+    for a, b in zip(head + tail, expected, strict=True):
+        a.pop("elapsed_s"), b.pop("elapsed_s")
+        assert a == b

@@ -39,6 +39,33 @@ class SolveInfo:
     residual: float = 0.0  # ‖(G + λI)d − ∇L‖ / ‖∇L‖ (cg only)
 
 
+@dataclass
+class SolverMemory:
+    """What `auto` learnt at earlier steps of one trial, so it need not probe every step.
+
+    The probe (CG's gradient and first product, which give the Rayleigh quotient q that
+    predicts CG's iteration count) is wasted work whenever exact then wins. q moves slowly
+    along a trajectory, so a trial keeps the last one and probes again every REPROBE_EVERY
+    steps. Deterministic and part of the trial's state: a restored trial chooses as an
+    unbroken one does.
+    """
+
+    rayleigh: float | None = None  # q at the last probe
+    since_probe: int = 0  # auto decisions since that probe
+
+    REPROBE_EVERY = 50
+
+    def fresh(self) -> float | None:
+        """The remembered q while it is recent enough to decide with, else None."""
+        return self.rayleigh if self.since_probe < self.REPROBE_EVERY else None
+
+    def state_dict(self) -> dict[str, float | int | None]:
+        return {"rayleigh": self.rayleigh, "since_probe": self.since_probe}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rayleigh, self.since_probe = state["rayleigh"], state["since_probe"]
+
+
 # ---- choosing the solver: a cost model --------------------------------------------------
 @dataclass(frozen=True)
 class DeviceRates:
@@ -188,8 +215,13 @@ def gauss_newton_direction(
     cg_tol: float = 1e-6,
     cg_max_iter: int = 500,
     exact_max_dim: int = 4096,
+    memory: SolverMemory | None = None,
 ) -> tuple[Params, torch.Tensor, SolveInfo]:
-    """The direction d (same structure as params), the batch loss, and how it was solved."""
+    """The direction d (same structure as params), the batch loss, and how it was solved.
+
+    `memory` (auto, absolute damping): decide with the Rayleigh quotient of a recent step
+    instead of probing at this one (SolverMemory); without it auto probes when it must.
+    """
     params = {k: v.detach() for k, v in params.items()}
     with torch.no_grad():
         out_BxC = functional_call(model, params, (x,))
@@ -205,14 +237,24 @@ def gauss_newton_direction(
         relative = damping_mode == "relative"
         ask = dict(costs=costs, cg_tol=cg_tol, cg_max_iter=cg_max_iter, relative=relative)
         kind = choose_solver(solver, n, c, p, exact_max_dim, size, **ask)
+        remembered = memory.fresh() if memory is not None and not relative else None
+        if kind == "probe" and remembered is not None:
+            memory.since_probe += 1
+            kind = choose_solver(solver, n, c, p, exact_max_dim, size, damping=damping,
+                                 rayleigh=remembered, **ask)  # fmt: skip
         if kind == "probe":  # CG's gradient and first product, kept for CG if it goes on
             probe = _CGStart(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode)
+            if memory is not None:
+                memory.rayleigh, memory.since_probe = probe.rayleigh, 0
             kind = choose_solver(solver, n, c, p, exact_max_dim, size, damping=probe.lam,
                                  rayleigh=probe.rayleigh, **ask)  # fmt: skip
     if kind == "exact":
         d_P, info = _exact(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode)
     else:
-        probe = probe or _CGStart(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode)
+        if probe is None:
+            probe = _CGStart(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode)
+            if memory is not None and solver == "auto":  # CG's own first product: free
+                memory.rayleigh, memory.since_probe = probe.rayleigh, 0
         d_P, info = probe.solve(cg_tol, cg_max_iter)
     return unflatten(d_P, params), value, info
 

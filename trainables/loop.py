@@ -16,7 +16,7 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.data import Data, batch_indices, load_data
-from trainables.gauss_newton import gauss_newton_direction
+from trainables.gauss_newton import SolverMemory, gauss_newton_direction
 from trainables.keys import MEASURE_KEYS
 from trainables.linearise import accuracy, linearised_grad, linearised_predict, loss_fn
 from trainables.measures import (
@@ -55,6 +55,7 @@ class Trial:
         self.theta_s = _clone(self.theta)  # θ_s: the current linearisation point
         self.theta_0 = _clone(self.theta)
         self.optimizer = self._make_optimizer()
+        self.solver_memory = SolverMemory()  # GN auto: the last probe's Rayleigh quotient
         self.is_move_step = is_move_step(cfg)
         self.step = 0
         self.feature_updates = 0
@@ -121,7 +122,7 @@ class Trial:
         if cfg.trainer == "gauss_newton":
             direction, loss, info = gauss_newton_direction(
                 self.model, self.theta, x, y, cfg.loss, cfg.damping, cfg.damping_mode,
-                cfg.solver, cfg.cg_tol, cfg.cg_max_iter, cfg.exact_max_dim,
+                cfg.solver, cfg.cg_tol, cfg.cg_max_iter, cfg.exact_max_dim, self.solver_memory,
             )  # fmt: skip
             with torch.no_grad():
                 for name, p in self.theta.items():
@@ -277,6 +278,7 @@ class Trial:
             "theta_s": _clone(self.theta_s),
             "theta_0": _clone(self.theta_0),
             "optimizer": self.optimizer.state_dict(),
+            "solver_memory": self.solver_memory.state_dict(),
             "kernels": {"K0": k["K0"], "prev": k["prev"], "prev_step": k["prev_step"], "cache": k["cache"]},
         }  # fmt: skip
 
@@ -293,6 +295,9 @@ class Trial:
         self.theta_0 = {n: t.to(self.device, copy=True) for n, t in state["theta_0"].items()}
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
+        self.solver_memory = SolverMemory()
+        if "solver_memory" in state:  # absent in states saved before auto remembered
+            self.solver_memory.load_state_dict(state["solver_memory"])
         self.step, self.feature_updates = state["step"], state["feature_updates"]
         self.at_lin_point, self.pending_move = state["at_lin_point"], state["pending_move"]
         self.started, self.done = state["started"], state["done"]
