@@ -21,8 +21,8 @@ from trainables.linearise import output_hessian, output_hessian_vp
 LOSSES = ("cross_entropy", "mse")
 
 
-def _problem(loss: str, n: int = 10, seed: int = 0):
-    trial = Trial(tiny_config(loss=loss, seed=seed, width=6))
+def _problem(loss: str, n: int = 10, seed: int = 0, **model):
+    trial = Trial(tiny_config(loss=loss, seed=seed, width=6, **model))
     x, y = trial.data.x_train[:n], trial.data.y_train[:n]
     theta = flat_params(trial.model)
     J = dense_jacobian(trial.model, theta, x)
@@ -67,6 +67,21 @@ def test_exact_step_matches_dense_damped_solve(loss, damping):
         trial.model, dict(trial.model.named_parameters()), x, y, loss, damping, solver="exact"
     )
     assert info.solver == "exact"
+    torch.testing.assert_close(flatten(d), expected, rtol=1e-6, atol=1e-9 * expected.norm().item())
+
+
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_cnn_steps_in_channels_last_match_dense_damped_solve(solver):
+    """The CNN runs channels-last on the CPU; its Jacobian from unfolded patches and its
+    products must not notice."""
+    trial, x, y, G, grad = _problem("cross_entropy", n=4, model="cnn", dataset="digits", channels=2)
+    assert trial.data.x_train.is_contiguous(memory_format=torch.channels_last)
+    damping = 1e-2
+    expected = torch.linalg.solve(G + damping * torch.eye(G.shape[0], dtype=G.dtype), grad)
+    d, _, info = gauss_newton_direction(
+        trial.model, trial.theta, x, y, "cross_entropy", damping, solver=solver, cg_tol=1e-10
+    )
+    assert info.solver == solver
     torch.testing.assert_close(flatten(d), expected, rtol=1e-6, atol=1e-9 * expected.norm().item())
 
 

@@ -78,8 +78,12 @@ def test_plain_reproduces_handwritten_torch_optim_loop(opt):
         torch.testing.assert_close(flat_params(oracle), thetas[step], rtol=1e-12, atol=1e-12)
 
 
-def test_k_inf_output_is_first_order_taylor_expansion_at_init():
-    cfg = tiny_config(k="inf", lr=0.2, total_steps=40)
+CNN_ON_DIGITS = dict(model="cnn", dataset="digits", channels=4)  # channels-last on the CPU
+
+
+@pytest.mark.parametrize("model", [{}, CNN_ON_DIGITS], ids=["mlp", "cnn"])
+def test_k_inf_output_is_first_order_taylor_expansion_at_init(model):
+    cfg = tiny_config(k="inf", lr=0.2, total_steps=40, **model)
     trial = Trial(cfg)
     theta0 = flat_params(trial.model)
     x = trial.data.x_test[:20]

@@ -6,6 +6,7 @@ exact and lets tests rebuild any batch independently (:func:`batch_indices`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 from dataclasses import dataclass
@@ -37,6 +38,17 @@ class Data:
     @property
     def input_dim(self) -> int:
         return int(np.prod(self.x_train.shape[1:]))
+
+    def channels_last(self) -> Data:
+        """Images in the channels-last memory layout (same values and shapes)."""
+        if self.x_train.ndim != 4:
+            return self
+        cl = torch.channels_last
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train.contiguous(memory_format=cl),
+            x_test=self.x_test.contiguous(memory_format=cl),
+        )
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Data:
         return Data(

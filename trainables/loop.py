@@ -51,6 +51,11 @@ class Trial:
             self.data = data.to(self.device, getattr(torch, cfg.dtype))
         self.model = build_model(cfg, tuple(self.data.x_train.shape[1:]), self.data.num_classes)
         self.model.to(self.device)
+        if cfg.model == "cnn" and self.device.type == "cpu":
+            # channels-last on the CPU (benchmarks/step_cost.py --alternatives): convolutions
+            # 20-40% faster, the K=∞ step 89 → 65 ms; CUDA keeps the default until measured
+            self.model.to(memory_format=torch.channels_last)
+            self.data = self.data.channels_last()
         self.theta = dict(self.model.named_parameters())  # θ: what the optimiser moves
         self.theta_s = _clone(self.theta)  # θ_s: the current linearisation point
         self.theta_0 = _clone(self.theta)
