@@ -29,7 +29,9 @@ from ._groups import (
     is_sgd_limit,
     matching_plain,
     n_updates,
+    usable,
 )
+from ._schema import group_keys, varying
 from ._stats import mean_ci, summarise
 from ._style import (
     LAZY_STYLE,
@@ -38,6 +40,7 @@ from ._style import (
     NothingToPlot,
     colour,
     constant_description,
+    k_mappable,
     log_axis,
     log_if_wide,
     loss_label,
@@ -71,6 +74,10 @@ def plot_feature_updates(
     todo = groups(trials, LINEARISED)
     if not todo:
         raise NothingToPlot("no finished linearised trials to place against N")
+    key = sampled_key(trials)
+    if key is not None:  # a searcher's study: one page, one point per trial, coloured by key
+        with paper_style():
+            return save(_draw_sampled(pd.concat([g.trials for g in todo]), key), out, formats)
     if fits is None:
         fits = fit_feature_updates(trials, n_boot=0)
     paths: list[Path] = []
@@ -79,6 +86,66 @@ def plot_feature_updates(
             fig = _draw(chunk, trials, fits)
             paths += save(fig, out, formats, page)
     return paths
+
+
+def sampled_key(trials: pd.DataFrame) -> str | None:
+    """The config key a searcher sampled from a continuous range, if any (Optuna, random).
+
+    Such a key takes a new value in most trials, so grouping by it leaves one trial per group:
+    a page of one-point "curves". It must be numeric and positive (it is drawn on a log colour
+    scale) and distinct in at least half of at least 6 finished linearised trials.
+    """
+    subset = usable(trials)
+    subset = subset[subset["trainer"] == LINEARISED] if "trainer" in subset else subset.iloc[:0]
+    if len(subset) < 6:
+        return None
+    for key in varying(subset, group_keys(subset)):
+        values = pd.to_numeric(subset[key], errors="coerce")
+        if values.notna().all() and (values > 0).all() and values.nunique() >= len(subset) / 2:
+            return key
+    return None
+
+
+def _draw_sampled(lin: pd.DataFrame, key: str):
+    """Every trial a point at its N (log(1 + N) axis, so K=∞ at N=0 is on it), coloured by
+    the sampled key on a log scale; the best trial by test accuracy ringed."""
+    fig, axes = plt.subplots(2, 2, figsize=(7.4, 6.0), sharex=True, layout="constrained")
+    t = lin.assign(N=n_updates(lin))
+    values = pd.to_numeric(t[key]).astype(float)
+    mappable = k_mappable(list(values))
+    best = t["test_acc"].idxmax() if "test_acc" in t and t["test_acc"].notna().any() else None
+    loss_names = list(t.get("loss", pd.Series(dtype=object)))
+    for (metric, label), ax in zip(PANELS, axes.flat, strict=True):
+        if metric not in t.columns:
+            continue
+        ax.scatter(t["N"], t[metric], c=mappable.to_rgba(values), s=22, linewidths=0.4,
+                   edgecolors="white", zorder=3)  # fmt: skip
+        if best is not None:
+            ax.scatter([t.loc[best, "N"]], [t.loc[best, metric]], s=90, facecolors="none",
+                       edgecolors="black", linewidths=1.0, zorder=4)  # fmt: skip
+        ax.set_xscale("function", functions=(np.log1p, np.expm1))
+        top = max(float(t["N"].max()), 1.0)
+        ticks = [v for v in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000) if v <= top * 1.5]
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+        ax.set_ylabel(label if "acc" in metric else loss_label(label, loss_names))
+        if "loss" in metric:
+            log_if_wide(ax, t[metric])
+        else:
+            ax.set_ylim(top=min(ax.get_ylim()[1], 1.005))
+    for ax in axes[1]:
+        ax.set_xlabel("feature updates N (log(1 + N) scale; N = 0 is K = ∞)")
+    bar = fig.colorbar(mappable, ax=axes, location="right", shrink=0.8, pad=0.02)
+    bar.set_label(f"{key} (sampled; log scale)")
+    studies = ", ".join(sorted(set(t["study"])))
+    scope = constant_description(t, tuple(k for k in TITLE_KEYS if k != key))
+    set_title(fig, f"Accuracy against feature updates · {studies}, {len(t)} sampled trials"
+              + (f" ({scope})" if scope else ""))  # fmt: skip
+    if best is not None:
+        ring = Line2D([], [], marker="o", ms=8, mfc="none", mec="black", linestyle="none",
+                      label=f"best test accuracy: {t.loc[best, 'test_acc']:.4f} at "
+                            f"{key}={t.loc[best, key]:.3g}, N={t.loc[best, 'N']:g}")  # fmt: skip
+        fig.legend(handles=[ring], loc="outside lower center")
+    return fig
 
 
 def _draw(chunk: Sequence[Group], trials: pd.DataFrame, fits: pd.DataFrame):

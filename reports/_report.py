@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._config import DEFAULT_BOOTSTRAP, check_formats
+from ._config import DEFAULT_BOOTSTRAP, FORMATS, check_formats
 from ._errors import NothingToPlot, ReportError
 from ._load import StudyData, StudyPaths, read_studies
 
@@ -97,12 +97,24 @@ def write_report(
             result.figures[name] = draw(out_dir / name)
         except NothingToPlot as why:
             result.skipped[name] = str(why)
+        _remove_stale_pages(out_dir, name, result.figures.get(name, []))
     correlations = measure_correlations(data.trials, MEASURE)
     result.fits_csv = _write_text(out_dir / "fits.csv", fits.to_csv(index=False))
     summary = render_summary(data.trials, fits, correlations, result.figures, result.skipped,
                              out_dir, data.dirs)  # fmt: skip
     result.summary = _write_text(out_dir / "summary.md", summary)
     return result
+
+
+def _remove_stale_pages(out_dir: Path, name: str, written: list[Path]) -> None:
+    """Delete this figure's files from an earlier report that this one did not write (a
+    study with fewer groups now, or a figure no longer drawn), so no old page passes for
+    new. Only `<name>.<fmt>` and `<name>_<page>.<fmt>` of the report's own formats."""
+    pattern = re.compile(rf"^{re.escape(name)}(_[0-9]+)?\.({'|'.join(FORMATS)})$")
+    keep = {p.resolve() for p in written}
+    for path in out_dir.iterdir():
+        if pattern.match(path.name) and path.is_file() and path.resolve() not in keep:
+            path.unlink()
 
 
 def _check_usable(data: StudyData) -> None:

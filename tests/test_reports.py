@@ -327,3 +327,43 @@ def test_non_monotone_junk_is_reported_not_fitted(tmp_path: Path):
     fit = reports.fit_feature_updates(trials, n_boot=0).iloc[0]
     assert not fit["fit_ok"] and math.isnan(fit["n50"])
     assert "transition" in fit["reason"], fit["reason"]
+
+
+def _sampled_study(root: Path) -> Path:
+    """A searcher's study: every trial its own lr (log-uniform), K from a choice."""
+    study = make_study(root, Spec(study="sampled", ks=(1, 10, 100, INF), seeds=(0, 1, 2),
+                                  plain=(), probe=False))  # fmt: skip
+    results = study / "results"
+    trials = pd.read_parquet(results / "trials.parquet")
+    lrs = dict(zip(trials["trial_id"], np.geomspace(1e-3, 1.0, len(trials)), strict=True))
+    trials.assign(lr=trials["trial_id"].map(lrs)).to_parquet(results / "trials.parquet")
+    for file in (results / "metrics").glob("*.parquet"):
+        rows = pd.read_parquet(file)
+        rows.assign(lr=rows["trial_id"].map(lrs)).to_parquet(file)
+    return study
+
+
+def test_a_sampled_study_gets_one_scatter_page_not_a_page_of_singletons(tmp_path: Path, full_data):
+    from reports._plot_updates import plot_feature_updates, sampled_key
+
+    trials = reports.load_trials(_sampled_study(tmp_path))
+    assert sampled_key(trials) == "lr"
+    assert sampled_key(full_data.trials) is None  # a grid: groups, as before
+    files = plot_feature_updates(trials, tmp_path / "out" / "feature_updates")
+    assert [f.name for f in files] == ["feature_updates.png"]
+    assert matplotlib.image.imread(files[0]).shape[1] > 800
+
+
+def test_a_rewritten_report_leaves_no_stale_page(tmp_path: Path):
+    study = make_study(tmp_path, Spec(study="stale", ks=(1, 10, INF), seeds=(0, 1), plain=(),
+                                      probe=False))  # fmt: skip
+    out = tmp_path / "report"
+    out.mkdir()
+    stale = [out / "feature_updates_7.png", out / "damping.png", out / "damping_2.svg"]
+    kept = [out / "notes.md", out / "feature_updates_draft.png", out / "damping.jpg"]
+    for path in stale + kept:
+        path.write_text("old")
+    result = reports.write_report(study, out, n_boot=0)
+    assert "damping" in result.skipped and result.figures["feature_updates"]
+    assert not any(p.exists() for p in stale)
+    assert all(p.read_text() == "old" for p in kept)
