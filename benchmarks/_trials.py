@@ -27,17 +27,18 @@ def make_trial(config: Mapping[str, Any], device: torch.device, data: Data | Non
     return Trial(dict(config), device, data=data)
 
 
-def to_channels_last(trial: Trial) -> Trial:
-    """Convert a CNN trial's model, parameters, copies and inputs to the channels-last layout."""
-    trial.model.to(memory_format=torch.channels_last)  # keeps the Parameter objects in θ
+def to_layout(trial: Trial, memory_format: torch.memory_format) -> Trial:
+    """Convert a CNN trial's model, parameters, copies and inputs to `memory_format`
+    (Trial itself runs a CNN channels-last on the CPU, contiguous elsewhere)."""
+    trial.model.to(memory_format=memory_format)  # keeps the Parameter objects in θ
 
-    def cl(t: torch.Tensor) -> torch.Tensor:
-        return t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
+    def fmt(t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous(memory_format=memory_format) if t.ndim == 4 else t
 
-    trial.theta_s = {k: cl(v) for k, v in trial.theta_s.items()}
-    trial.theta_0 = {k: cl(v) for k, v in trial.theta_0.items()}
+    trial.theta_s = {k: fmt(v) for k, v in trial.theta_s.items()}
+    trial.theta_0 = {k: fmt(v) for k, v in trial.theta_0.items()}
     d = trial.data
     trial.data = Data(
-        cl(d.x_train), d.y_train, cl(d.x_test), d.y_test, d.num_classes, d.image_shape
+        fmt(d.x_train), d.y_train, fmt(d.x_test), d.y_test, d.num_classes, d.image_shape
     )
     return trial

@@ -52,8 +52,9 @@ class Trial:
         self.model = build_model(cfg, tuple(self.data.x_train.shape[1:]), self.data.num_classes)
         self.model.to(self.device)
         if cfg.model == "cnn" and self.device.type == "cpu":
-            # channels-last on the CPU (benchmarks/step_cost.py --alternatives): convolutions
-            # 20-40% faster, the K=∞ step 89 → 65 ms; CUDA keeps the default until measured
+            # channels-last on the CPU (benchmarks/step_cost.py --alternatives): a plain step
+            # 0.78-0.82× the contiguous one's, a K=∞ step 0.97-1.06× (neutral); CUDA keeps
+            # the default layout until gpu_check measures it there
             self.model.to(memory_format=torch.channels_last)
             self.data = self.data.channels_last()
         self.theta = dict(self.model.named_parameters())  # θ: what the optimiser moves
