@@ -18,7 +18,11 @@ CPU_BENCHMARKS = {
         "ratio cnn linearised K=∞ / plain trainer",
         "ratio cnn dual tensors / layer-wise",
     ],
-    "gn_solvers": ["ratio auto / faster solver, worst cell", "crossover mlp"],
+    "gn_solvers": [
+        "ratio auto as a trial calls it (SolverMemory) / faster solver, worst cell",
+        "ratio auto cold (a probe at every call) / faster solver, worst cell",
+        "crossover mlp",
+    ],
     "measure_cost": ["ratio measures' cost / training time"],
 }
 
