@@ -16,12 +16,14 @@ per step at n=64 on the MLP against CG's 0.034 s at λ=1, and auto picked exact 
 n·c ≤ 4096. Now the MLP's kernel comes from per-layer factors (15-22 ms at n=64), CNN Jacobians
 from unfolded patches (exact at n=32: 1.7 → 1.2-1.3 s), and auto weighs predicted costs.
 
-Evidence (1 thread, digits, cross-entropy, after 200 SGD steps, 30 cells): auto picked the
-faster solver in 29 of 30 cells (the other: 1.04×, n=16, λ=1e3); its measured time over the
-faster one's: median 1.03, worst 1.24 (MLP n=64 λ=1e-4: exact, plus the 1.4 ms probe and
-noise). Crossover, CG faster from: MLP n=16 λ ≈ 1e3, n=64 λ ≈ 1e2, n=256 λ ≈ 1e-2; CNN n=8
+Evidence (1 thread, digits, cross-entropy, after 200 SGD steps, 30 cells; CNN channels-last):
+auto picked the faster solver in 29 of 30 cells (the other: 1.05×, MLP n=16 λ=1e3). Auto as a
+trial calls it (with its SolverMemory: a probe every 50 steps) over the faster solver: worst
+1.13 (MLP n=256 λ=1e-4), target ≤ 1.2 met; cold auto (a probe at every call): worst 1.18
+(MLP n=64 λ=1: exact plus the probe), median 0.99. Before the memory, one run's cold worst was
+1.24. Crossover, CG faster from: MLP n=16 λ ≈ 1e3, n=64 λ ≈ 1e2, n=256 λ ≈ 1e-2; CNN n=8
 λ ≈ 1e-2, n=32 λ ≈ 1e-4. At λ ≤ 1e-4 on the trained MLP CG stops at cg_max_iter=500 short of
-tol (directions 1-99% off exact): exact is the accurate choice there too.
+tol (directions 1-95% off exact): exact is the accurate choice there too.
 """
 
 from __future__ import annotations
