@@ -118,20 +118,10 @@ class TrialsWriter(Callback):
             "device": last.get("device"),
             "node": last.get("node"),
             "ilstudy_version": last.get("ilstudy_version"),
-            "torch_version": last.get("torch_version") or _torch_version(),
+            "torch_version": last.get("torch_version"),  # the trial's; unknown until it reports
             "ray_version": ray.__version__,
             "python_version": platform.python_version(),
         }
-
-
-def _torch_version() -> str | None:
-    """The installed torch's version, without importing torch into the driver."""
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _first_error_line(trial: Any) -> str | None:
