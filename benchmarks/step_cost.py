@@ -19,7 +19,9 @@ CPU-time ratios over 15-21 rounds; digits MLP 64→128→128→10 and CNN 32 cha
 128; two full runs):
 - layer-wise tangent (adopted): MLP K=10 1.39×, K=∞ 1.35-1.44×; CNN K=10 1.51-1.64×,
   K=∞ 1.58-1.77× (the FLOP bound is 5/3: a CNN step is convolutions); peak memory 1.3× (MLP)
-  and 1.2× (CNN) a plain step's;
+  and 1.2× (CNN) a plain step's. Re-run after the plain step stopped copying θ every step and
+  the CNN went channels-last: MLP 1.37×, 1.36×; CNN 1.39-1.59×, 1.39-1.58×; peak memory 1.59×
+  and 1.34× (the plain step's peak fell, not the linearised one's rose);
 - dual tensors (before): MLP 1.8×, CNN 1.74-1.89×, peak memory 1.6× and 1.8×;
 - torch.func.jvp with autograd through the primal: MLP 2.3×, CNN 1.8× (no better than duals);
 - torch.compile: dual tensors graph-break at make_dual (falls back to eager); the layer-wise
