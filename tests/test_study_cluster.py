@@ -84,9 +84,6 @@ def cluster() -> Iterator[str]:
     head = [RAY, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
             "--include-dashboard=false", f"--temp-dir={temp}", "--min-worker-port=21000",
             "--max-worker-port=21999", *common]  # fmt: skip
-    head = [RAY, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
-            "--include-dashboard=false", f"--temp-dir={temp}", "--min-worker-port=21000",
-            "--max-worker-port=21999", *common]  # fmt: skip
     processes = [_start(head, temp / "head.log")]
     try:
         deadline = time.time() + 60
