@@ -25,7 +25,8 @@ With --cluster (the studies attach to an already-running `ray start --head`, as 
 first trial 4.5 s, shutdown 0.8 s, trials phase 1.21×; a trial inside the study 5.38 s against
 4.54 s alone: each actor's first trial still imports torch, and two trials on two cores share
 them with Ray's daemons and the driver (10 s of CPU in a 50 s study, mostly Ray's own threads
-under ray.wait; the driver's Python work is under 1 s apart from start-up, by cProfile).
+under ray.wait; cProfile of the driver finds 2-3 s of its own Python work, imports included;
+an idle embedded Ray's daemons and two prestarted idle workers use 3-4 s of CPU per 30 s).
 
 Run:   python -m benchmarks.study_overhead [--trials 16] [--trial-seconds 5]
               [--cpus-per-trial 1] [--gpus-per-trial F --device cuda] [--max-concurrent N]
