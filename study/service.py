@@ -230,7 +230,7 @@ def run_study(
 def _fit(
     prepared: Prepared, options: StudyOptions, callbacks: Sequence[Any], out: TextIO
 ) -> Outcome:
-    from study.tuner import build_tuner, restore_tuner
+    from study.tuner import build_tuner, no_tensorboard, restore_tuner
 
     spec, plan, paths = prepared.spec, prepared.plan, prepared.paths
     verb = "resuming" if prepared.resume else "starting"
@@ -251,7 +251,8 @@ def _fit(
     else:
         write_json_atomic(paths.storage.fs, paths.spec, spec.to_json())
         tuner = build_tuner(spec, plan, paths, callbacks, out=out, estimate_s=_estimate(prepared))
-    tuner.fit()
+    with no_tensorboard():
+        tuner.fit()
     outcome = Outcome(paths=paths, total=plan.total_trials, wall_s=time.time() - t0)
     outcome.counts = trial_counts(paths)
     _print_summary(outcome, spec, out)

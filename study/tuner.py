@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 from ray import tune
@@ -30,11 +31,22 @@ def trainable(spec: StudySpec, name: str) -> Any:
     return tune.with_resources(fn, resources)
 
 
-def _no_tensorboard() -> None:
-    """Keep Tune's JSON and CSV result files but not its TensorBoard logger, which imports
-    torch into the driver (3 s on 2 cores) and writes every report once more; the results
-    are in Parquet. The study passes the two loggers it keeps explicitly."""
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+@contextlib.contextmanager
+def no_tensorboard() -> Iterator[None]:
+    """Around `Tuner.fit()`: keep Tune's JSON and CSV result files but not its TensorBoard
+    logger, which imports torch into the driver (3 s on 2 cores) and writes every report once
+    more; the results are in Parquet. The study passes the two loggers it keeps explicitly.
+    Tune reads the switch when fit() starts; the caller's environment is restored after."""
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def build_tuner(
@@ -77,7 +89,6 @@ def build_tuner(
         max_concurrent_trials=spec.max_concurrent or None,
         reuse_actors=True,  # an actor start costs 2-4 s on 2 cores
     )
-    _no_tensorboard()
     return tune.Tuner(
         trainable(spec, paths.name),
         param_space=plan.param_space(),
@@ -91,7 +102,6 @@ def restore_tuner(spec: StudySpec, paths: StudyPaths, retry_errored: bool) -> tu
 
     Tune restores its RunConfig (callbacks included) and searcher from the experiment.
     """
-    _no_tensorboard()
     return tune.Tuner.restore(
         paths.display(paths.experiment),
         trainable=trainable(spec, paths.name),

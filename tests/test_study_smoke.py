@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def test_reports_hold_only_builtin_values(smoke_study: tuple) -> None:
     """A torch object in a report (torch.__version__ is one) makes the driver import torch to
     unpickle it: 3 s of study start-up on 2 cores."""
     assert RESULT_TYPES.types and RESULT_TYPES.types <= {int, float, bool, str, type(None)}
+
+
+def test_tune_keeps_json_and_csv_results_but_no_tensorboard_events(smoke_study: tuple) -> None:
+    storage, _, _ = smoke_study
+    assert len(list(storage.rglob("result.json"))) == 4
+    assert len(list(storage.rglob("progress.csv"))) == 4
+    assert not list(storage.rglob("events.out.tfevents*"))
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ  # restored after fit()
 
 
 def test_metrics_follow_the_contract(smoke_study: tuple) -> None:
