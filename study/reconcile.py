@@ -1,9 +1,9 @@
 """Make Tune's snapshot agree with `trials.parquet` about errored trials before a resume.
 
-Ray 2.60 can save a stale status for a trial whose worker died: when the actor's death is
-processed before the failed task, `TuneController._schedule_trial_stop` finds no live actor
-and returns before marking the trial for the snapshot, so the final experiment state still
-says RUNNING although the trial ended in ERROR. A plain `--resume` would then continue an
+Ray 2.60 can save a stale status for a trial whose worker died: the snapshot a resume read
+once still said RUNNING although the trial had ended in ERROR (a likely path: a trial's JSON
+state is refreshed only when `TuneController._schedule_trial_stop` marks it, which it skips
+when the trial's actor is already gone). The fix below does not depend on the cause. A plain `--resume` would then continue an
 errored trial, against the contract (errored trials are retried only with
 `--retry-errored`). The study's own `trials.parquet`, written by the driver from Tune's
 `on_trial_error`, holds the true status; this module carries it back into the snapshot.
@@ -12,33 +12,10 @@ errored trial, against the contract (errored trials are retried only with
 from __future__ import annotations
 
 import json
-from pathlib import PurePosixPath
 
-import pyarrow.parquet as pq
-
-from study.storage import STATE_PATTERN, StudyPaths, write_bytes_atomic
+from study.storage import StudyPaths, newest_state, trial_statuses, write_bytes_atomic
 
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
-
-
-def errored_trials(paths: StudyPaths) -> set[str]:
-    """Trial ids that the study's trials.parquet records as ERROR (none if it is absent)."""
-    fs = paths.storage.fs
-    if fs.get_file_info(paths.trials).size is None:
-        return set()
-    with fs.open_input_file(paths.trials) as f:
-        columns = pq.read_table(f, columns=["trial_id", "status"]).to_pydict()
-    return {t for t, s in zip(columns["trial_id"], columns["status"], strict=True) if s == "ERROR"}
-
-
-def newest_state(paths: StudyPaths) -> str | None:
-    """The path of the experiment snapshot Tune restores from (the newest name)."""
-    import pyarrow.fs as pafs
-
-    infos = paths.storage.fs.get_file_info(pafs.FileSelector(paths.experiment))
-    names = sorted(PurePosixPath(i.path).name for i in infos if STATE_PATTERN.match(
-        PurePosixPath(i.path).name))  # fmt: skip
-    return str(PurePosixPath(paths.experiment, names[-1])) if names else None
 
 
 def mark_errored(state: dict, errored: set[str]) -> list[str]:
@@ -68,7 +45,7 @@ def reconcile_errored(paths: StudyPaths) -> list[str]:
     Only unfinished trials change, so a study whose snapshot is right is left untouched.
     The file is replaced atomically.
     """
-    errored = errored_trials(paths)
+    errored = {t for t, status in trial_statuses(paths).items() if status == "ERROR"}
     state_path = newest_state(paths)
     if not errored or state_path is None:
         return []

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,6 +25,7 @@ from study.storage import (
     check_resumable,
     read_json,
     resolve_storage,
+    trial_statuses,
     write_json_atomic,
 )
 from trainables import TrialConfig, parse_override
@@ -274,14 +276,7 @@ def _estimate(prepared: Prepared) -> float | None:
 
 def trial_counts(paths: StudyPaths) -> dict[str, int]:
     """Trials per status, from trials.parquet."""
-    import pyarrow.parquet as pq
-
-    fs = paths.storage.fs
-    if fs.get_file_info(paths.trials).size is None:
-        return {}
-    with fs.open_input_file(paths.trials) as f:
-        statuses = pq.read_table(f, columns=["status"]).column("status").to_pylist()
-    return {s: statuses.count(s) for s in set(statuses)}
+    return dict(Counter(trial_statuses(paths).values()))
 
 
 def _print_summary(outcome: Outcome, spec: StudySpec, out: TextIO) -> None:

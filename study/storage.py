@@ -207,6 +207,28 @@ def check_fresh(paths: StudyPaths) -> None:
         )
 
 
+def experiment_files(paths: StudyPaths) -> list[str]:
+    """The names of the files directly in the study's folder, sorted."""
+    infos = paths.storage.fs.get_file_info(pafs.FileSelector(paths.experiment))
+    return sorted(PurePosixPath(i.path).name for i in infos)
+
+
+def newest_state(paths: StudyPaths) -> str | None:
+    """The experiment snapshot Tune restores from (the newest name), or None."""
+    states = [n for n in experiment_files(paths) if STATE_PATTERN.match(n)]
+    return str(PurePosixPath(paths.experiment, states[-1])) if states else None
+
+
+def trial_statuses(paths: StudyPaths) -> dict[str, str]:
+    """trial_id → status from the study's trials.parquet (empty if it is not written yet)."""
+    fs = paths.storage.fs
+    if fs.get_file_info(paths.trials).size is None:
+        return {}
+    with fs.open_input_file(paths.trials) as f:
+        columns = pq.read_table(f, columns=["trial_id", "status"]).to_pydict()
+    return dict(zip(columns["trial_id"], columns["status"], strict=True))
+
+
 def check_resumable(paths: StudyPaths) -> str:
     """The newest Tune snapshot, after checking it parses; StudyError naming the bad file.
 
@@ -226,9 +248,7 @@ def check_resumable(paths: StudyPaths) -> str:
                 f"cannot resume: {paths.display(required)} is missing or empty; "
                 f"the study cannot be resumed (delete {paths.display(paths.experiment)} to start over)"
             )
-    names = sorted(
-        PurePosixPath(i.path).name for i in fs.get_file_info(pafs.FileSelector(paths.experiment))
-    )
+    names = experiment_files(paths)
     states = [n for n in names if STATE_PATTERN.match(n)]
     if not states:
         missing = PurePosixPath(paths.experiment, "experiment_state-<timestamp>.json")
