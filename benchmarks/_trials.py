@@ -37,8 +37,5 @@ def to_layout(trial: Trial, memory_format: torch.memory_format) -> Trial:
 
     trial.theta_s = {k: fmt(v) for k, v in trial.theta_s.items()}
     trial.theta_0 = {k: fmt(v) for k, v in trial.theta_0.items()}
-    d = trial.data
-    trial.data = Data(
-        fmt(d.x_train), d.y_train, fmt(d.x_test), d.y_test, d.num_classes, d.image_shape
-    )
+    trial.data = trial.data.with_memory_format(memory_format)
     return trial

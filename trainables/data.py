@@ -39,15 +39,14 @@ class Data:
     def input_dim(self) -> int:
         return int(np.prod(self.x_train.shape[1:]))
 
-    def channels_last(self) -> Data:
-        """Images in the channels-last memory layout (same values and shapes)."""
+    def with_memory_format(self, memory_format: torch.memory_format) -> Data:
+        """Images in `memory_format` (e.g. torch.channels_last): same values and shapes."""
         if self.x_train.ndim != 4:
             return self
-        cl = torch.channels_last
         return dataclasses.replace(
             self,
-            x_train=self.x_train.contiguous(memory_format=cl),
-            x_test=self.x_test.contiguous(memory_format=cl),
+            x_train=self.x_train.contiguous(memory_format=memory_format),
+            x_test=self.x_test.contiguous(memory_format=memory_format),
         )
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Data:

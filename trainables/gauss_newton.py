@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from dataclasses import dataclass
@@ -59,8 +60,12 @@ class SolverMemory:
         """The remembered q while it is recent enough to decide with, else None."""
         return self.rayleigh if self.since_probe < self.REPROBE_EVERY else None
 
+    def probed(self, rayleigh: float) -> None:
+        """Remember a freshly measured q (a probe, or CG's own first product)."""
+        self.rayleigh, self.since_probe = rayleigh, 0
+
     def state_dict(self) -> dict[str, float | int | None]:
-        return {"rayleigh": self.rayleigh, "since_probe": self.since_probe}
+        return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
         self.rayleigh, self.since_probe = state["rayleigh"], state["since_probe"]
@@ -245,7 +250,7 @@ def gauss_newton_direction(
         if kind == "probe":  # CG's gradient and first product, kept for CG if it goes on
             probe = _CGStart(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode)
             if memory is not None:
-                memory.rayleigh, memory.since_probe = probe.rayleigh, 0
+                memory.probed(probe.rayleigh)
             kind = choose_solver(solver, n, c, p, exact_max_dim, size, damping=probe.lam,
                                  rayleigh=probe.rayleigh, **ask)  # fmt: skip
     if kind == "exact":
@@ -254,7 +259,7 @@ def gauss_newton_direction(
         if probe is None:
             probe = _CGStart(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode)
             if memory is not None and solver == "auto":  # CG's own first product: free
-                memory.rayleigh, memory.since_probe = probe.rayleigh, 0
+                memory.probed(probe.rayleigh)
         d_P, info = probe.solve(cg_tol, cg_max_iter)
     return unflatten(d_P, params), value, info
 

@@ -56,7 +56,7 @@ class Trial:
             # 0.78-0.82× the contiguous one's, a K=∞ step 0.97-1.06× (neutral); CUDA keeps
             # the default layout until gpu_check measures it there
             self.model.to(memory_format=torch.channels_last)
-            self.data = self.data.channels_last()
+            self.data = self.data.with_memory_format(torch.channels_last)
         self.theta = dict(self.model.named_parameters())  # θ: what the optimiser moves
         self.theta_s = _clone(self.theta)  # θ_s: the current linearisation point
         self.theta_0 = _clone(self.theta)
@@ -148,10 +148,12 @@ class Trial:
         self.at_lin_point = False
         return loss.detach()
 
-    def _fresh_since_record(self, loss: float = 0.0) -> dict[str, Any]:
-        # the loss sum stays on the device: reading it every step would sync a GPU every step
-        loss_sum = torch.tensor(loss, dtype=torch.float64, device=self.device)
-        return {"loss": loss_sum, "cg": 0.0, "steps": 0}
+    def _loss_sum(self, value: float = 0.0) -> torch.Tensor:
+        # the batch-loss sum stays on the device: reading it every step would sync a GPU
+        return torch.tensor(value, dtype=torch.float64, device=self.device)
+
+    def _fresh_since_record(self) -> dict[str, Any]:
+        return {"loss": self._loss_sum(), "cg": 0.0, "steps": 0}
 
     def _after_step(self, batch_loss: torch.Tensor) -> None:
         self._bad |= ~torch.isfinite(batch_loss)
@@ -310,7 +312,7 @@ class Trial:
         self.elapsed_before, self.lin_point_change = state["elapsed_s"], state["lin_point_change"]
         self._bad = torch.tensor(state["bad"], device=self.device)
         since = state["since_record"]
-        self._since_record = {**since, "loss": self._fresh_since_record(since["loss"])["loss"]}
+        self._since_record = {**since, "loss": self._loss_sum(since["loss"])}
         self._phase = dict(state["phase"])
         kernels = dict(state["kernels"])
         to_dev = lambda t: None if t is None else t.to(self.device)  # noqa: E731
