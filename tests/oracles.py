@@ -61,3 +61,20 @@ def dense_loss_grad(model, theta_P, x, y, kind) -> torch.Tensor:
         value = 0.5 * (out - F.one_hot(y, out.shape[1]).to(out)).pow(2).sum(1).mean()
     (g,) = torch.autograd.grad(value, theta)
     return g
+
+
+def interrupted_run(cfg: dict, at_step: int, tmp_path) -> tuple:
+    """Run a trial to its record at `at_step`, save its state to disk, restore it into a fresh
+    Trial and run that to the end: (interrupted trial, restored trial, all records in order)."""
+    from trainables import Trial
+
+    trial = Trial(cfg)
+    head = []
+    for record in trial.records():
+        head.append(record)
+        if record["step"] == at_step:
+            torch.save(trial.state_dict(), tmp_path / "state.pt")
+            break
+    restored = Trial(cfg)
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    return trial, restored, head + list(restored.records())

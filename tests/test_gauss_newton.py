@@ -11,6 +11,7 @@ from tests.oracles import (
     dense_loss_grad,
     dense_output_hessian,
     flat_params,
+    interrupted_run,
     tiny_config,
 )
 from trainables import Trial
@@ -224,18 +225,9 @@ def test_a_restored_gn_trial_remembers_what_auto_learnt(monkeypatch, tmp_path):
                       total_steps=30, eval_every=5, probe_size=0)  # fmt: skip
     unbroken = Trial(cfg)
     expected = [r for r in unbroken.records()]
-    trial = Trial(cfg)
-    head = []
-    for record in trial.records():
-        head.append(record)
-        if record["step"] == 10:
-            torch.save(trial.state_dict(), tmp_path / "state.pt")
-            break
+    trial, restored, resumed = interrupted_run(cfg, 10, tmp_path)
     assert trial.solver_memory.rayleigh is not None and trial.solver_memory.since_probe == 9
-    restored = Trial(cfg)
-    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
-    tail = list(restored.records())
     assert restored.solver_memory == unbroken.solver_memory  # probed at the same steps
-    for a, b in zip(head + tail, expected, strict=True):
+    for a, b in zip(resumed, expected, strict=True):
         a.pop("elapsed_s"), b.pop("elapsed_s")
         assert a == b

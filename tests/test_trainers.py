@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.oracles import dense_jacobian, flat_params, outputs_at, tiny_config
+from tests.oracles import dense_jacobian, flat_params, interrupted_run, outputs_at, tiny_config
 from trainables import Trial, batch_indices
 from trainables.linearise import loss_fn
 
@@ -270,17 +270,7 @@ def test_same_config_and_seed_give_identical_records():
 def test_save_and_restore_continues_with_the_records_of_an_unbroken_run(overrides, tmp_path):
     cfg = tiny_config(eval_every=5, **overrides)
     unbroken = list(Trial(cfg).records())
-    trial = Trial(cfg)
-    head = []
-    for rec in trial.records():
-        head.append(rec)
-        if rec["step"] == 10:
-            torch.save(trial.state_dict(), tmp_path / "state.pt")
-            break
-    restored = Trial(cfg)
-    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
-    tail = list(restored.records())
-    resumed = head + tail
+    _, _, resumed = interrupted_run(cfg, 10, tmp_path)
     assert [r["step"] for r in resumed] == [r["step"] for r in unbroken]
     for a, b in zip(resumed, unbroken, strict=True):
         for key, value in b.items():
