@@ -27,6 +27,7 @@ from trainables.measures import (
     relative_change,
 )
 from trainables.models import build_model
+from trainables.optim import SGD, Adam, Optimizer
 from trainables.schedule import is_move_step
 
 STATE_VERSION = 1
@@ -78,11 +79,12 @@ class Trial:
         self._setup_probe()
 
     # ---- construction helpers -----------------------------------------------------------
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _make_optimizer(self) -> Optimizer:
+        # torch.optim's arithmetic without its classes, whose first use imports torch._dynamo
         params = list(self.theta.values())
         if self.cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.cfg.lr)
-        return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum)
+            return Adam(params, lr=self.cfg.lr)
+        return SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum)
 
     def _setup_probe(self) -> None:
         cfg, data = self.cfg, self.data
