@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import gn_solvers, measure_cost, step_cost
+from benchmarks import cold_start, gn_solvers, measure_cost, step_cost
 
 SMOKE = {
     "step_cost": step_cost.main,
     "gn_solvers": gn_solvers.main,
     "measure_cost": measure_cost.main,
+    "cold_start": cold_start.main,
 }
 
 
