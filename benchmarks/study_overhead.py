@@ -8,25 +8,35 @@ study's trials.parquet, then run back to back in this process on the same device
 alternate for --rounds rounds (medians). The throughput line (back to back / study) is the
 speed-up from running trials concurrently: with --gpus-per-trial 0.25 on one GPU, 4 share it.
 
-Evidence (2 shared cores, 16 trials of 2960 steps ≈ 5.1 s each, 2 at once, 2 rounds): the
-study took 58.2 s against 81.5 / 2 = 40.8 s: 1.43×, target ≤ 1.1× missed (was 2.30× before the
-driver stopped importing torch and the trials scikit-learn). The trials phase alone (first trial
-starts → last ends) is 48.0 s: 1.18×. What is left is fixed, not per trial: launch → first
-trial starts 8.2 s (Python and study validation 1.8 s, ray.init 4.0 s, Tune's set-up and the
-actor process 2.4 s), then each new actor's first trial imports torch (≈ 3 s, once per actor:
-actors are reused, a later trial starts 0.05 s after the previous one ends), and shutdown 1.9 s.
-A trial inside the study takes 5.84 s against 5.09 s alone. Tried and dropped: a Ray
-worker_process_setup_hook that imports torch (moved the cost, saved nothing) and warm-up
-tasks to prestart workers (Ray did not reuse them for actors: 6 s slower), and importing Tune
-in a thread during ray.init (no gain over 3 runs).
+Each trial back to back is paired with the same trial in the study, which splits the overhead
+into what is paid once per study (launch → first trial; each actor's first trial beyond the
+same trial alone: imports and first calls; idle slot time: scheduling gaps and the last wave's
+imbalance; last trial → exit) and what scales with it (later trials inside the study / alone).
+
+Evidence (2 shared cores, 1 thread per trial, 2 at once; `python -m benchmarks.study_overhead
+--rounds 3`, 16 trials of 2590 steps): 49.6 s against 68.2 / 2 = 34.1 s: 1.46×, target ≤ 1.1×
+missed; trials phase 1.22×; later trials inside the study / alone 1.05×; fixed 13.9 s per study:
+start 7.6 (Python and validation ≈ 1.3, ray.init 2.7-4.0, mostly waiting for Ray's dashboard
+process (0.8) and the raylet (2.0) to register; Tune's set-up and the actor processes ≈ 1.9), each actor's
+first trial 4.9 (torch and the trainers ≈ 2.1 alone, ≈ 2.9 with two actors starting at once,
+sympy ≈ 0.8, first calls), idle slot time 1.5, stop 2.0 (ray.shutdown stops Ray's processes one
+by one, waiting on each). An earlier run (2 rounds, 2710 steps): 1.41×, later trials 0.98×,
+fixed 16.9 s. With 15-s trials (`--trial-seconds 15 --rounds 1`, 8370 steps): 1.32×, trials
+phase 1.20×, later trials 1.14×, fixed 16.5 s (idle slot time grows with trial length: the last
+wave's imbalance). So the target cannot be met end to end here: the fixed part alone is 40% of
+a 34-s ideal, and the scaling part (0.98-1.14× between runs) is Ray's own background CPU on 2
+cores (two plain processes side by side, without Ray, run as fast as one: 19.5-20.0 s against
+19.5-20.3 s for 4 trials each). Before the trainers stopped using torch.optim's classes, whose
+first use imports torch._dynamo, each actor's first trial paid 1.4 s more (benchmarks.cold_start).
+Tried and dropped: a Ray worker_process_setup_hook that imports torch (moved the cost), warm-up
+tasks to prestart workers (Tune's actors carry a runtime_env of env_vars, so Ray starts new
+worker processes for them and never reuses prestarted ones; giving the job the same env_vars
+did not change that), switching prestarting off (no gain within the noise over 3 pairs), and
+importing Tune in a thread during ray.init (no gain over 3 runs).
 
 With --cluster (the studies attach to an already-running `ray start --head`, as on a cluster;
-16 trials of 2550 steps ≈ 4.5 s, 2 rounds): 49.3 s against 72.6 / 2 = 36.3 s: 1.36×; launch →
-first trial 4.5 s, shutdown 0.8 s, trials phase 1.21×; a trial inside the study 5.38 s against
-4.54 s alone: each actor's first trial still imports torch, and two trials on two cores share
-them with Ray's daemons and the driver (10 s of CPU in a 50 s study, mostly Ray's own threads
-under ray.wait; cProfile of the driver finds 2-3 s of its own Python work, imports included;
-an idle embedded Ray's daemons and two prestarted idle workers use 3-4 s of CPU per 30 s).
+16 trials of 2550 steps ≈ 4.5 s, 2 rounds, before the split above): 49.3 s against 72.6 / 2 =
+36.3 s: 1.36×; launch → first trial 4.5 s, shutdown 0.8 s, trials phase 1.21×.
 
 Run:   python -m benchmarks.study_overhead [--trials 16] [--trial-seconds 5]
               [--cpus-per-trial 1] [--gpus-per-trial F --device cuda] [--max-concurrent N]
