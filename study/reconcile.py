@@ -3,10 +3,10 @@
 Ray 2.60 can save a stale status for a trial whose worker died: the snapshot a resume read
 once still said RUNNING although the trial had ended in ERROR (a likely path: a trial's JSON
 state is refreshed only when `TuneController._schedule_trial_stop` marks it, which it skips
-when the trial's actor is already gone). The fix below does not depend on the cause. A plain `--resume` would then continue an
-errored trial, against the contract (errored trials are retried only with
-`--retry-errored`). The study's own `trials.parquet`, written by the driver from Tune's
-`on_trial_error`, holds the true status; this module carries it back into the snapshot.
+when the trial's actor is already gone). A plain `--resume` would then continue an errored
+trial, against the contract (errored trials are retried only with `--retry-errored`). The
+study's own `trials.parquet`, written by the driver from Tune's `on_trial_error`, holds the
+true status; this module carries it back into the snapshot, whatever the cause.
 """
 
 from __future__ import annotations

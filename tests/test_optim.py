@@ -35,7 +35,7 @@ def _steps(opt, params: list[torch.Tensor], start: int, count: int) -> None:
     """Deterministic gradients (a function of the step); the bias gets none every third step,
     so both must skip a parameter without a gradient the same way."""
     for step in range(start, start + count):
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         g = torch.Generator().manual_seed(1000 + step)
         for i, p in enumerate(params):
             if i == 1 and step % 3 == 2:
@@ -72,8 +72,7 @@ def test_states_load_into_each_other_and_continue_identically(case):
     theirs = _params(torch.float64)
     reference = make_torch(theirs)
     _steps(reference, theirs, 0, 7)
-    ours = [p.detach().clone().requires_grad_() for p in theirs]
-    ours[2] = ours[2].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    ours = [p.detach().clone().requires_grad_() for p in theirs]  # clone keeps channels-last
     saved = reference.state_dict()
     opt = make_ours(ours)
     opt.load_state_dict(saved)
@@ -82,7 +81,6 @@ def test_states_load_into_each_other_and_continue_identically(case):
     _same(theirs, ours)
     # ours → torch.optim
     again = [p.detach().clone().requires_grad_() for p in ours]
-    again[2] = again[2].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     back = make_torch(again)
     back.load_state_dict(copy.deepcopy(opt.state_dict()))  # torch.optim keeps the tensors
     _steps(opt, ours, 16, 5)

@@ -137,7 +137,7 @@ class Trial:
                     p.sub_(cfg.lr * direction[name])
             self._since_record["cg"] += info.cg_iters
             return loss
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         if cfg.trainer == "plain":  # ordinary autograd on the network: the baseline
             loss = loss_fn(cfg.loss, self.model(x), y)
             loss.backward()

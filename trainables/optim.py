@@ -2,7 +2,7 @@
 
 The first call of any `torch.optim.Optimizer` method imports `torch._dynamo` (sympy, fx and
 more: 2-3 s on a 2-core CPU). Every Ray actor paid it on its first trial, once per process, on
-the critical path of every study. These classes call the same functional kernels the classes
+the critical path of every study. The classes here call the kernels `torch.optim`'s own classes
 call (`torch.optim.sgd.sgd`, `torch.optim.adam.adam`) with `torch.optim`'s defaults, so the
 parameters follow `torch.optim.SGD` / `torch.optim.Adam` bit for bit (tested against them), and
 `state_dict()` has `torch.optim`'s layout: states saved by either load into the other.
@@ -24,7 +24,7 @@ ADAM_EPS = 1e-8
 class Optimizer(Protocol):
     """What the trainers need of an optimiser."""
 
-    def zero_grad(self, set_to_none: bool = True) -> None: ...
+    def zero_grad(self) -> None: ...
     def step(self) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None: ...
@@ -43,14 +43,10 @@ class _Functional:
     def hyperparameters(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
+        """Drop the gradients (torch.optim's default, set_to_none=True)."""
         for p in self.params:
-            if p.grad is None:
-                continue
-            if set_to_none:
-                p.grad = None
-            else:
-                p.grad.detach_().zero_()
+            p.grad = None
 
     def _with_grad(self) -> list[int]:
         return [i for i, p in enumerate(self.params) if p.grad is not None]
