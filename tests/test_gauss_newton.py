@@ -15,9 +15,17 @@ from tests.oracles import (
     tiny_config,
 )
 from trainables import Trial
-from trainables.gauss_newton import choose_solver, conjugate_gradient, gauss_newton_direction
+from trainables.gauss_newton import (
+    _count_flops_by_layer,
+    _count_flops_traced,
+    _flops_per_example,
+    choose_solver,
+    conjugate_gradient,
+    gauss_newton_direction,
+)
 from trainables.jacobian import flatten, unflatten
 from trainables.linearise import output_hessian, output_hessian_vp
+from trainables.models import CNN, MLP
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -231,3 +239,37 @@ def test_a_restored_gn_trial_remembers_what_auto_learnt(monkeypatch, tmp_path):
     for a, b in zip(resumed, expected, strict=True):
         a.pop("elapsed_s"), b.pop("elapsed_s")
         assert a == b
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (lambda: MLP(64, 10, 12, 0, "relu", "none"), (64,)),
+        (lambda: MLP(20, 3, 17, 3, "gelu", "layer"), (4, 5)),
+        (lambda: CNN(1, 10, 3, "relu", "none"), (1, 8, 8)),
+        (lambda: CNN(3, 10, 4, "tanh", "group"), (3, 32, 32)),
+        (lambda: CNN(1, 10, 2, "relu", "group"), (1, 28, 28)),
+    ],
+)
+def test_solver_cost_flops_by_layer_equal_torch_flop_counter(make, shape):
+    """The cost model's FLOPs come from layer shapes (FlopCounterMode imports torch._dynamo);
+    they must be FlopCounterMode's counts exactly, for every model the trainers build."""
+    model = make().double()
+    params = dict(model.named_parameters())
+    x = torch.randn(1, *shape, dtype=torch.float64)
+    by_layer = _count_flops_by_layer(model, params, x)
+    assert by_layer is not None
+    assert by_layer == _count_flops_traced(model, params, x)
+    assert by_layer[1 if isinstance(model, CNN) else 0] > 0
+
+
+def test_solver_cost_flops_of_an_unknown_module_are_traced():
+    class Scaled(torch.nn.Linear):  # its own forward: hooks could not know its matmuls
+        def forward(self, x):
+            return 2 * super().forward(x) @ torch.eye(self.out_features, dtype=x.dtype)
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), Scaled(6, 5))
+    params = dict(net.named_parameters())
+    x = torch.randn(3, 6)
+    assert _count_flops_by_layer(net, params, x[:1]) is None
+    assert _flops_per_example(net, params, x) == (2.0 * 6 * 5 + 2.0 * 5 * 5, 0.0)

@@ -108,22 +108,31 @@ def test_a_state_for_other_parameters_is_refused():
         other.load_state_dict(opt.state_dict())
 
 
-def test_trials_do_not_import_torch_dynamo():
-    """torch.optim's classes import torch._dynamo (2-3 s) on first use; every trial process
-    paid that before its first step. Gauss-Newton's FLOP counter still does (see optim.py)."""
+def test_trials_do_not_import_torch_dynamo_or_sympy():
+    """Every trial process paid these before its first step: torch._dynamo (1.3-3 s), which
+    torch.optim's classes and FlopCounterMode import on first use, and sympy (0.4 s), which
+    autograd.grad with a tensor grad_outputs imports. Gauss-Newton's exact solver still
+    imports sympy (its batched VJP over c cotangents); nothing imports dynamo."""
     code = textwrap.dedent(
         """
         import sys
         from trainables import Trial
-        for cfg in [dict(trainer="plain"), dict(trainer="plain", optimizer="adam", lr=0.01),
-                    dict(trainer="linearised", k=4, momentum=0.9, reset_optimizer=True),
-                    dict(trainer="linearised", k="inf", model="cnn", channels=4)]:
+        def run(cfg):
             trial = Trial({**cfg, "total_steps": 12, "eval_every": 6, "n_train": 256})
             list(trial.records())
             trial.load_state_dict(trial.state_dict())
+        for cfg in [dict(trainer="plain"), dict(trainer="plain", optimizer="adam", lr=0.01),
+                    dict(trainer="linearised", k=4, momentum=0.9, reset_optimizer=True),
+                    dict(trainer="linearised", k="inf", model="cnn", channels=4),
+                    dict(trainer="gauss_newton", solver="cg", model="cnn", channels=4)]:
+            run(cfg)
+        print("sympy" if "sympy" in sys.modules else "no sympy")
+        for cfg in [dict(trainer="gauss_newton"), dict(trainer="gauss_newton", solver="auto",
+                    model="cnn", channels=4, ntk="trace")]:
+            run(cfg)
         print("dynamo" if "torch._dynamo" in sys.modules else "no dynamo")
         """
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "no dynamo"
+    assert done.stdout.split() == ["no", "sympy", "no", "dynamo"]

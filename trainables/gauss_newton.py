@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
-from torch.utils.flop_counter import FlopCounterMode
 
 from trainables.jacobian import Params, factor_chain, flatten, output_kernel, unflatten
 from trainables.linearise import (
@@ -30,6 +29,7 @@ from trainables.linearise import (
     output_hessian,
     output_hessian_vp,
 )
+from trainables.models import CNN, MLP
 
 
 @dataclass
@@ -192,6 +192,10 @@ def solver_costs(
 
 
 _flop_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → {shape: flops}
+# Modules whose forward does no matmul or convolution (FlopCounterMode counts neither), or only
+# that of their children: a model made of these, Linear and Conv2d is counted by module hooks.
+_NO_FLOPS = (nn.Sequential, nn.Flatten, nn.Identity, nn.ReLU, nn.Tanh, nn.GELU, nn.LayerNorm,
+             nn.GroupNorm, nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # fmt: skip
 
 
 def _flops_per_example(model: nn.Module, params: Params, x: torch.Tensor) -> tuple[float, float]:
@@ -199,13 +203,51 @@ def _flops_per_example(model: nn.Module, params: Params, x: torch.Tensor) -> tup
     cache = _flop_cache.setdefault(model, {})
     key = (tuple(x.shape[1:]), x.dtype, x.device.type)
     if key not in cache:
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            functional_call(model, params, (x[:1],))
-        counts = counter.get_flop_counts().get("Global", {})
-        conv = sum(v for op, v in counts.items() if "conv" in str(op))
-        cache[key] = (float(counter.get_total_flops() - conv), float(conv))
+        counted = _count_flops_by_layer(model, params, x[:1])
+        cache[key] = counted if counted is not None else _count_flops_traced(model, params, x[:1])
     return cache[key]
+
+
+def _count_flops_by_layer(
+    model: nn.Module, params: Params, x: torch.Tensor
+) -> tuple[float, float] | None:
+    """FlopCounterMode's count from Linear and Conv2d shapes seen by forward hooks (2·m·k·n per
+    matmul, 2·out·(c_in/groups)·kernel per convolution); None for any other kind of module.
+    FlopCounterMode itself imports torch._dynamo: 1.3 s in every fresh trial process."""
+    modules = list(model.modules())
+    if not all(
+        type(m) in (MLP, CNN, nn.Linear, nn.Conv2d, *_NO_FLOPS) for m in modules
+    ):  # a subclass may do its own matmuls
+        return None
+    flops = [0, 0]
+
+    def count(layer: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        if isinstance(layer, nn.Linear):
+            flops[0] += 2 * inputs[0].numel() * layer.out_features
+        else:
+            kernel = math.prod(layer.kernel_size)
+            flops[1] += 2 * out.numel() * (layer.in_channels // layer.groups) * kernel
+
+    hooks = [m.register_forward_hook(count) for m in modules if type(m) in (nn.Linear, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            functional_call(model, params, (x,))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return float(flops[0]), float(flops[1])
+
+
+def _count_flops_traced(model: nn.Module, params: Params, x: torch.Tensor) -> tuple[float, float]:
+    """Any model: torch's FlopCounterMode over one forward pass."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        functional_call(model, params, (x,))
+    counts = counter.get_flop_counts().get("Global", {})
+    conv = sum(v for op, v in counts.items() if "conv" in str(op))
+    return float(counter.get_total_flops() - conv), float(conv)
 
 
 def gauss_newton_direction(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
-from trainables.linearise import _chain  # chain detection, shared with the linearised step
+from trainables.linearise import _chain, vjp_scalar  # shared with the linearised step
 
 Params = dict[str, torch.Tensor]
 
@@ -131,9 +131,13 @@ def chain_factors(
         if cotangents_KxBxC is None:
             eye = torch.eye(c, dtype=h.dtype, device=h.device)
             cotangents_KxBxC = eye.unsqueeze(1).expand(c, n, c)
-        factors.B = list(
-            torch.autograd.grad(h, zs, grad_outputs=cotangents_KxBxC, is_grads_batched=True)
-        )
+        if len(cotangents_KxBxC) == 1:  # one scalar backward: faster than vmap, and no sympy
+            grads = torch.autograd.grad(vjp_scalar(h, cotangents_KxBxC[0]), zs)
+            factors.B = [g.unsqueeze(0) for g in grads]
+        else:
+            factors.B = list(
+                torch.autograd.grad(h, zs, grad_outputs=cotangents_KxBxC, is_grads_batched=True)
+            )
     return factors
 
 

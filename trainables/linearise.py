@@ -21,6 +21,13 @@ from trainables.models import CNN, MLP
 Params = dict[str, torch.Tensor]
 
 
+def vjp_scalar(out: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
+    """⟨out, cotangent⟩ as a scalar: its gradient is the VJP uᵀ∂out, bit for bit (the backward
+    of sum and mul hand exactly u to `out`). autograd.grad(out, grad_outputs=u) is the same VJP
+    but imports sympy (0.4 s, via torch.fx's symbolic shapes) in every fresh trial process."""
+    return (out * cotangent.detach()).sum()
+
+
 # ---- losses ------------------------------------------------------------------------------
 def loss_fn(kind: str, out_BxC: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
     """Mean over examples. MSE is ½‖f − onehot(y)‖² per example, so its output Hessian is I/n."""
@@ -112,7 +119,7 @@ def linearised_grad(
     f_lin.requires_grad_()
     value = loss_fn(loss, f_lin, y)
     (g,) = torch.autograd.grad(value, f_lin)  # as plain's loss.backward(): K=1 is bit-identical
-    grads = torch.autograd.grad(primal, list(leaves.values()), grad_outputs=g)
+    grads = torch.autograd.grad(vjp_scalar(primal, g), list(leaves.values()))
     return list(grads), value.detach(), f_lin.detach()
 
 
@@ -285,7 +292,7 @@ def chain_linearisation(
         return torch.zeros_like(out) if t is None else t
 
     def vjp(u: torch.Tensor) -> dict[str, torch.Tensor]:
-        grads = torch.autograd.grad(out, list(leaves.values()), grad_outputs=u, retain_graph=True)
+        grads = torch.autograd.grad(vjp_scalar(out, u), list(leaves.values()), retain_graph=True)
         return dict(zip(leaves, grads, strict=True))
 
     return out.detach(), jvp, vjp
