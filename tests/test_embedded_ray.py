@@ -1,0 +1,62 @@
+"""The embedded Ray that `python -m study.run` starts when given no --address: what it starts,
+and that closing it leaves no Ray process behind. Run in a subprocess: the shared test Ray is
+never touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+
+REPO = Path(__file__).resolve().parent.parent
+
+CHILD = textwrap.dedent(
+    """
+    import json, time
+    from study.cluster import _stop_autoscaler_monitor, connect
+    from ray._private import ray_constants, worker
+    import psutil  # ships inside Ray: importing ray put it on sys.path
+
+    connection = connect(None)
+    assert connection.owned
+    node = worker._global_node
+    processes = {kind: [info.process for info in infos]
+                 for kind, infos in node.all_processes.items()}
+    raylet = psutil.Process(processes[ray_constants.PROCESS_TYPE_RAYLET][0].pid)
+    time.sleep(3)  # prestarted workers would have been forked by now
+    idle_workers = [p.pid for p in raylet.children(recursive=True)  # retitled ray::IDLE
+                    if any(part.startswith("ray::IDLE") or "default_worker.py" in part
+                           for part in p.cmdline())]
+    _stop_autoscaler_monitor()
+    after_stop = {kind: [p.poll() is None for p in ps] for kind, ps in processes.items()}
+    connection.close()
+    left = [p.pid for ps in processes.values() for p in ps if p.poll() is None]
+    print(json.dumps({"idle_workers": idle_workers, "after_stop": after_stop, "left": left,
+                      "monitor": ray_constants.PROCESS_TYPE_MONITOR}))
+    """
+)
+
+
+def test_embedded_ray_prestarts_no_workers_and_stops_its_monitor_first():
+    """No idle workers (Tune's actors never use them: they only slow the first trials), and the
+    autoscaler monitor is killed while the GCS still runs (else shutdown waits 1 s for it),
+    and nothing is left running after close()."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=100,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["idle_workers"] == []
+    alive = seen["after_stop"]
+    assert alive.pop(seen["monitor"]) == [False]
+    assert alive and all(all(flags) for flags in alive.values()), alive  # only the monitor
+    assert seen["left"] == []
