@@ -5,9 +5,14 @@ Every study's first trial on each actor runs in a fresh Python process: it impor
 the trainers, builds its Trial and runs. Each round starts one fresh process that times those
 phases, then times the same trial here (warm: everything imported, caches filled); medians over
 rounds. It also names the heavy modules the fresh process ended up importing: torch._dynamo
-(which every torch.optim class imports on first use: the trainers call torch.optim's functional
-kernels instead) and sympy (torch.autograd.grad with a tensor grad_outputs imports it, through
-torch.fx's symbolic shapes).
+(which every torch.optim class and FlopCounterMode import on first use: the trainers call
+torch.optim's functional kernels instead, and Gauss-Newton counts FLOPs from layer shapes) and
+sympy (torch.autograd.grad with a tensor grad_outputs imports it, through torch.fx's symbolic
+shapes: the trainers take the gradient of the scalar <out, u> instead).
+
+Evidence (2 shared cores; the same benchmark run in a checkout of b01b190 beside this one): a
+fresh process start to exit 3.47 s → 3.03 s, its first trial's records 0.97 → 0.67 s against
+0.61-0.63 s warm (sympy no longer imported).
 
 Run:   python -m benchmarks.cold_start [--rounds 5] [--steps 400] [--smoke]
 """

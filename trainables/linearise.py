@@ -115,11 +115,11 @@ def linearised_grad(
     """
     leaves = {name: p.detach().requires_grad_() for name, p in params_s.items()}
     primal, tangent = linearised_forward(model, leaves, delta, x)
-    f_lin = primal.detach() if tangent is None else primal.detach() + tangent.detach()
-    f_lin.requires_grad_()
+    # The tangent is a value: the add's backward hands g = ∂L/∂f_lin to the primal unchanged, so
+    # this is one backward from a scalar, Jᵀg, and at K=1 exactly plain's loss.backward().
+    f_lin = primal if tangent is None else primal + tangent.detach()
     value = loss_fn(loss, f_lin, y)
-    (g,) = torch.autograd.grad(value, f_lin)  # as plain's loss.backward(): K=1 is bit-identical
-    grads = torch.autograd.grad(vjp_scalar(primal, g), list(leaves.values()))
+    grads = torch.autograd.grad(value, list(leaves.values()))
     return list(grads), value.detach(), f_lin.detach()
 
 
