@@ -14,7 +14,7 @@ Evidence (2 shared cores; the same benchmark run in a checkout of b01b190 beside
 fresh process start to exit 3.47 s → 3.03 s, its first trial's records 0.97 → 0.67 s against
 0.61-0.63 s warm (sympy no longer imported).
 
-Run:   python -m benchmarks.cold_start [--rounds 5] [--steps 400] [--smoke]
+Run:   python -m benchmarks.cold_start [--rounds 5] [--steps 400] [--trainer T] [--smoke]
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ print(json.dumps({"imports": t1 - t0, "build": t2 - t1, "run": t3 - t2,
 def main(argv: Sequence[str] | None = None) -> None:
     p = C.parser(__doc__)
     p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--trainer", choices=("linearised", "plain", "gauss_newton"),
+                   default="linearised", help="linearised runs with K=4")  # fmt: skip
     args = p.parse_args(argv)
     args.threads = args.threads or 1
     if args.smoke:
@@ -56,8 +58,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("--device: cold_start measures CPU trial processes only")
     from trainables import Trial
 
-    config = {"trainer": "linearised", "k": 4, "total_steps": args.steps,
+    config = {"trainer": args.trainer, "total_steps": args.steps,
               "eval_every": max(1, args.steps // 10)}  # fmt: skip
+    if args.trainer == "linearised":
+        config["k"] = 4
     list(Trial(config, device).records())  # warm this process
     cold, warm = [], []
     for _ in range(args.rounds or (1 if args.smoke else 5)):
@@ -73,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return statistics.median(c[key] for c in cold)
 
     warm_s = statistics.median(warm)
-    print(f"# linearised K=4 trial of {args.steps} steps on digits; {len(cold)} round(s)")
+    what = "linearised K=4" if args.trainer == "linearised" else args.trainer
+    print(f"# {what} trial of {args.steps} steps on digits; {len(cold)} round(s)")
     rows = [
         ["fresh process: start to exit", med("process")],
         ["  import torch and the trainers", med("imports")],

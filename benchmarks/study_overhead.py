@@ -14,25 +14,35 @@ same trial alone: imports and first calls; idle slot time: scheduling gaps and t
 imbalance; last trial → exit) and what scales with it (later trials inside the study / alone).
 
 Evidence (2 shared cores, 1 thread per trial, 2 at once; `python -m benchmarks.study_overhead
---rounds 3`, 16 trials of 2590 steps): 49.6 s against 68.2 / 2 = 34.1 s: 1.46×, target ≤ 1.1×
-missed; trials phase 1.22×; later trials inside the study / alone 1.05×; fixed 13.9 s per study:
-start 7.6 (Python and validation ≈ 1.3, ray.init 2.7-4.0, mostly waiting for Ray's dashboard
-process (0.8) and the raylet (2.0) to register; Tune's set-up and the actor processes ≈ 1.9), each actor's
-first trial 4.9 (torch and the trainers ≈ 2.1 alone, ≈ 2.9 with two actors starting at once,
-sympy ≈ 0.8, first calls), idle slot time 1.5, stop 2.0 (ray.shutdown stops Ray's processes one
-by one, waiting on each). An earlier run (2 rounds, 2710 steps): 1.41×, later trials 0.98×,
-fixed 16.9 s. With 15-s trials (`--trial-seconds 15 --rounds 1`, 8370 steps): 1.32×, trials
-phase 1.20×, later trials 1.14×, fixed 16.5 s (idle slot time grows with trial length: the last
-wave's imbalance). So the target cannot be met end to end here: the fixed part alone is 40% of
-a 34-s ideal, and the scaling part (0.98-1.14× between runs) is Ray's own background CPU on 2
-cores (two plain processes side by side, without Ray, run as fast as one: 19.5-20.0 s against
-19.5-20.3 s for 4 trials each). Before the trainers stopped using torch.optim's classes, whose
-first use imports torch._dynamo, each actor's first trial paid 1.4 s more (benchmarks.cold_start).
+--rounds 3`, at f490dae, 16 trials of 3600 steps): 45.8 s against 69.1 / 2 = 34.5 s: 1.33×, target
+≤ 1.1× missed; trials phase 1.12×; later trials inside the study / alone 1.03×; fixed 10.2 s per
+study: start 6.2, each actor's first trial 1.9, idle slot time 1.3, stop 0.8. The same at b01b190
+(previous session, 2590 steps): 1.46×, fixed 13.9 s (start 7.6, first trials 4.9, idle 1.5, stop
+2.0). With 20-s trials (`--trial-seconds 20 --rounds 1`, 16 trials): 159 s against 275 / 2 = 138
+s: 1.15×, later trials 1.07×, fixed 11.5 s (idle slot time 3.2: the last wave's imbalance grows
+with trial length).
+Where the fixed part goes (logs' timestamps and cProfile of one study): the driver's Python and
+`import ray` 0.6 s; `ray.init` 2.1-3.5 s (the raylet waits ≈ 0.7 s for its Python agents, and in
+about half the runs 1 s more right after its object store starts); importing and setting up Tune
+1.3 s; the actor processes 0.5 s, then Tune's own imports in each actor 0.9 s; then each actor's
+first trial imports torch and the trainers (≈ 1.8 s); the stop 0.7 s. Ray's and Tune's Python
+imports are most of it: on 2 cores the daemons' start-up alone is ≈ 4 CPU-seconds. An idle
+embedded Ray takes 0.75 CPU-seconds per 30 s, so the 1.03-1.07× of later trials is not its idle
+daemons: the driver (3.5 CPU-seconds over a 39-s study, its start included) and Tune's per-report
+work in the actors share the 2 cores with the trials.
+Removed after b01b190 (each A/B'd against the tree before it): trials import neither sympy nor
+torch._dynamo (fresh trial process 3.47 → 3.03 s, benchmarks.cold_start); the embedded Ray
+prestarts no workers (launch → first trial 6.44 → 5.16 s, median of 6 tiny studies: the raylet
+held the first driver until they registered, and Tune's actors never use them); its autoscaler
+monitor is killed before `ray.shutdown()` (stop 1.73 → 0.70 s: Ray stops the GCS first and the
+monitor's SIGTERM handler then waits 1 s on it).
 Tried and dropped: a Ray worker_process_setup_hook that imports torch (moved the cost), warm-up
-tasks to prestart workers (Tune's actors carry a runtime_env of env_vars, so Ray starts new
-worker processes for them and never reuses prestarted ones; giving the job the same env_vars
-did not change that), switching prestarting off (no gain within the noise over 3 pairs), and
-importing Tune in a thread during ray.init (no gain over 3 runs).
+tasks to prestart workers (Tune's actors carry a runtime_env of env_vars; Ray never hands an actor
+a worker that ran tasks, even with the same runtime_env, checked again), giving the job the same
+env_vars, importing Tune in a thread during ray.init (no gain over 3 runs: no idle core), and
+`enable_metrics_collection: False` (that 1-s wait is random, not metrics). So the target cannot be
+met end to end here: ≈ 10 s of Ray's and Tune's start-up and imports is 30% of a 34-s ideal; by
+the model it holds from ≈ 150-375 s of ideal study time.
 
 With --cluster (the studies attach to an already-running `ray start --head`, as on a cluster;
 16 trials of 2550 steps ≈ 4.5 s, 2 rounds, before the split above): 49.3 s against 72.6 / 2 =
