@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import math
 import os
 import socket
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -124,9 +127,27 @@ def connect(address: str | None, verbose: bool = False) -> Connection:
     if address:
         ray.init(address=address, runtime_env=runtime_env(), **common)
     else:
-        # address="local": never attach to a stale cluster (RAY_NOTES trap 7).
-        ray.init(address="local", include_dashboard=False, _system_config=EMBEDDED_CONFIG, **common)
+        preload = _import_in_background("study.tuner")
+        try:
+            # address="local": never attach to a stale cluster (RAY_NOTES trap 7).
+            ray.init(address="local", include_dashboard=False, _system_config=EMBEDDED_CONFIG, **common)  # fmt: skip
+        finally:
+            preload.join()
     return Connection(address=address, owned=True)
+
+
+def _import_in_background(module: str) -> threading.Thread:
+    """Import `module` in a thread. Starting an embedded Ray leaves a core idle for seconds
+    while `ray.init` waits on Ray's daemons without the GIL; Tune's import (≈ 1 s, which the
+    study needs next) fits there. An error is left for the study's own import to raise."""
+
+    def target() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    thread = threading.Thread(target=target, name=f"import {module}", daemon=True)
+    thread.start()
+    return thread
 
 
 def alive_nodes() -> list[dict[str, Any]]:

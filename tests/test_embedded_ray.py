@@ -19,13 +19,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 CHILD = textwrap.dedent(
     """
-    import json, time
+    import json, sys, time
     from study.cluster import _stop_autoscaler_monitor, connect
     from ray._private import ray_constants, worker
     import psutil  # ships inside Ray: importing ray put it on sys.path
 
+    assert "ray.tune" not in sys.modules
     connection = connect(None)
     assert connection.owned
+    assert "study.tuner" in sys.modules and "torch" not in sys.modules  # imported during init
     node = worker._global_node
     processes = {kind: [info.process for info in infos]
                  for kind, infos in node.all_processes.items()}
@@ -45,9 +47,9 @@ CHILD = textwrap.dedent(
 
 
 def test_embedded_ray_prestarts_no_workers_and_stops_its_monitor_first():
-    """No idle workers (Tune's actors never use them: they only slow the first trials), and the
-    autoscaler monitor is killed while the GCS still runs (else shutdown waits 1 s for it),
-    and nothing is left running after close()."""
+    """No idle workers (Tune's actors never use them: they only slow the first trials); Tune
+    imported while Ray starts; the autoscaler monitor killed while the GCS still runs (else
+    shutdown waits 1 s for it); nothing left running after close()."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(
         [sys.executable, "-c", CHILD], cwd=REPO, env=env, capture_output=True, text=True,
