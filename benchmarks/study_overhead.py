@@ -14,13 +14,15 @@ same trial alone: imports and first calls; idle slot time: scheduling gaps and t
 imbalance; last trial → exit) and what scales with it (later trials inside the study / alone).
 
 Evidence (2 shared cores, 1 thread per trial, 2 at once; `python -m benchmarks.study_overhead
---rounds 3`, at f490dae, 16 trials of 3600 steps): 45.8 s against 69.1 / 2 = 34.5 s: 1.33×, target
-≤ 1.1× missed; trials phase 1.12×; later trials inside the study / alone 1.03×; fixed 10.2 s per
-study: start 6.2, each actor's first trial 1.9, idle slot time 1.3, stop 0.8. The same at b01b190
-(previous session, 2590 steps): 1.46×, fixed 13.9 s (start 7.6, first trials 4.9, idle 1.5, stop
-2.0). With 20-s trials (`--trial-seconds 20 --rounds 1`, 16 trials): 159 s against 275 / 2 = 138
-s: 1.15×, later trials 1.07×, fixed 11.5 s (idle slot time 3.2: the last wave's imbalance grows
-with trial length).
+--rounds 3`, at ed66ebd, 16 trials of 3870 steps): 46.9 s against 70.9 / 2 = 35.4 s: 1.33×,
+target ≤ 1.1× missed; trials phase 1.17×; later trials inside the study / alone 1.07×; fixed 9.0 s
+per study: start 5.0, each actor's first trial 2.5, idle slot time 1.6, stop 0.8. At f490dae
+(before Tune's import moved into ray.init's wait; 3600 steps): 1.33×, later trials 1.03×, fixed
+10.2 s (start 6.2, first trials 1.9, idle 1.3, stop 0.8). At b01b190 (previous session, 2590
+steps): 1.46×, fixed 13.9 s (start 7.6, first trials 4.9, idle 1.5, stop 2.0). With 20-s trials
+(`--trial-seconds 20 --rounds 1`, at f490dae): 159 s against 275 / 2 = 138 s: 1.15×, later
+trials 1.07×, fixed 11.5 s (idle slot time 3.2: the last wave's imbalance grows with trial
+length).
 Where the fixed part goes (logs' timestamps and cProfile of one study): the driver's Python and
 `import ray` 0.6 s; `ray.init` 2.1-3.5 s (the raylet waits ≈ 0.7 s for its Python agents, and in
 about half the runs 1 s more right after its object store starts); importing and setting up Tune
@@ -35,12 +37,14 @@ torch._dynamo (fresh trial process 3.47 → 3.03 s, benchmarks.cold_start); the 
 prestarts no workers (launch → first trial 6.44 → 5.16 s, median of 6 tiny studies: the raylet
 held the first driver until they registered, and Tune's actors never use them); its autoscaler
 monitor is killed before `ray.shutdown()` (stop 1.73 → 0.70 s: Ray stops the GCS first and the
-monitor's SIGTERM handler then waits 1 s on it).
+monitor's SIGTERM handler then waits 1 s on it); the driver imports Tune in a thread while
+`ray.init` waits (only ≈ 1.1 of 2 cores are busy in a study's first 5 s, sampled every 0.5 s):
+launch → first trial 7.00 → 6.45 s and 5.58 → 5.29 s in two sets of 6 tiny studies (an earlier
+session saw no gain from it over 3 whole studies, with prestarted workers still holding the driver).
 Tried and dropped: a Ray worker_process_setup_hook that imports torch (moved the cost), warm-up
 tasks to prestart workers (Tune's actors carry a runtime_env of env_vars; Ray never hands an actor
 a worker that ran tasks, even with the same runtime_env, checked again), giving the job the same
-env_vars, importing Tune in a thread during ray.init (no gain over 3 runs: no idle core), and
-`enable_metrics_collection: False` (that 1-s wait is random, not metrics). So the target cannot be
+env_vars, and `enable_metrics_collection: False` (that 1-s wait is random, not metrics). So the target cannot be
 met end to end here: ≈ 10 s of Ray's and Tune's start-up and imports is 30% of a 34-s ideal; by
 the model it holds from ≈ 150-375 s of ideal study time.
 
