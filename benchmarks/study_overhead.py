@@ -52,8 +52,10 @@ With --cluster (the studies attach to an already-running `ray start --head`, as 
 `--cluster --rounds 2`, 16 trials of 3670 steps ≈ 4.5 s): 48.8 s against 72.3 / 2 = 36.1 s:
 1.35×; trials phase 1.22×; later trials 1.13×; fixed 8.0 s (start 3.9, each actor's first trial
 2.6, idle slot time 1.1, stop 0.9); a second run (3870 steps): 1.32×, later trials 1.11×, fixed
-6.8 s. The head's idle daemons take the same 0.78 CPU-seconds per 30 s as the embedded Ray's;
-why later trials run slower here than embedded (1.03-1.07×) is not known yet.
+6.8 s. The head's idle daemons take the same 0.78 CPU-seconds per 30 s as the embedded Ray's,
+and a direct A/B (3 rounds of 8-trial studies in both modes, one head up throughout) found later
+trials no slower on the head (median 2.96 s against 3.06 s embedded): its 1.11-1.13× against
+1.03-1.07× embedded is this benchmark's run-to-run spread (0.98-1.14× across earlier runs).
 
 Run:   python -m benchmarks.study_overhead [--trials 16] [--trial-seconds 5]
               [--cpus-per-trial 1] [--gpus-per-trial F --device cuda] [--max-concurrent N]
