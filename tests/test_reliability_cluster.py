@@ -24,8 +24,11 @@ from tests.test_study_cluster import REPO, _env, _kill_group, cluster  # noqa: F
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 
-# 13 records per trial, about 4 s warm: the node is killed while its trial has three quarters
-# of its steps left (600 steps, 1 s warm, once let the trial finish before the kill landed)
+# 13 records per trial, about 4 s warm, a checkpoint every 2 records (steps 200, 600, 1000, ...).
+# The node is killed while its trial has stored past its first checkpoint but not half its
+# steps (600-step trials, 1 s warm, once finished before the kill landed). Past the first
+# checkpoint, because a kill at the trial's very first file could come before Tune has taken
+# that checkpoint: the trial would then restart from scratch and its rows never change node.
 TOTAL, EVERY = 2400, 200
 
 
@@ -37,8 +40,11 @@ def _psutil() -> Any:
     return importlib.import_module("psutil")
 
 
-def _raylet_group(node8: str) -> int:
-    """The process group of the `ray start` whose raylet has the node id starting `node8`."""
+def _kill_node(node8: str) -> None:
+    """SIGKILL a worker node as a machine failure would: the process group of the `ray start`
+    whose raylet has the node id starting `node8`, and every process under that raylet. Ray
+    gives each worker its own process group, so killing the raylet's group alone left the
+    trial's actor running on until it noticed, and once it finished its trial there."""
     psutil = _psutil()
 
     for proc in psutil.process_iter(["name", "cmdline"]):
@@ -46,16 +52,23 @@ def _raylet_group(node8: str) -> int:
         if "raylet" in (proc.info["name"] or "") and f"node_id={node8}" in cmdline.replace(
             "node-id", "node_id"
         ):
-            return os.getpgid(proc.pid)
+            workers = proc.children(recursive=True)
+            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+            for worker in workers:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    worker.kill()
+            return
     raise AssertionError(f"no raylet for node {node8}")
 
 
 def _mid_trial_node(metrics: Path) -> str | None:
-    """The node of a trial that has stored rows for at most its first quarter."""
+    """The node of a trial whose stored rows go past its first checkpoint (step 200), up to
+    half its steps. The rows are written before each checkpoint is reported, and a report
+    returns only once Tune has taken the previous one: that checkpoint is surely Tune's."""
     for file in metrics.glob("*.parquet"):
         with contextlib.suppress(OSError, ValueError):
             table = pq.read_table(file, columns=["step", "node"]).to_pydict()
-            if max(table["step"]) <= TOTAL // 4:
+            if 2 * EVERY < max(table["step"]) <= TOTAL // 2:
                 return table["node"][-1]
     return None
 
@@ -81,7 +94,7 @@ def test_killed_worker_node_moves_its_trials_to_the_other(
             assert time.time() < deadline, "no trial ever got half way"
             node = _mid_trial_node(storage / "smoke" / "results" / "metrics")
             time.sleep(0.1)
-        os.killpg(_raylet_group(node.split("/")[-1]), signal.SIGKILL)
+        _kill_node(node.split("/")[-1])
         driver.wait(timeout=300)
     finally:
         _kill_group(driver)
