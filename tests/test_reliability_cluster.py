@@ -63,8 +63,9 @@ def _kill_node(node8: str) -> None:
 
 def _mid_trial_node(metrics: Path) -> str | None:
     """The node of a trial whose stored rows go past its first checkpoint (step 200), up to
-    half its steps. The rows are written before each checkpoint is reported, and a report
-    returns only once Tune has taken the previous one: that checkpoint is surely Tune's."""
+    half its steps. The rows are written before each checkpoint is reported, and Tune's
+    synchronous reporting lets a report return only when the driver asks for the next
+    result, after it has taken the previous one: by then that first checkpoint is Tune's."""
     for file in metrics.glob("*.parquet"):
         with contextlib.suppress(OSError, ValueError):
             table = pq.read_table(file, columns=["step", "node"]).to_pydict()
