@@ -8,7 +8,8 @@ rounds. It also names the heavy modules the fresh process ended up importing: to
 (which every torch.optim class and FlopCounterMode import on first use: the trainers call
 torch.optim's functional kernels instead, and Gauss-Newton counts FLOPs from layer shapes) and
 sympy (torch.autograd.grad with a tensor grad_outputs imports it, through torch.fx's symbolic
-shapes: the trainers take the gradient of the scalar <out, u> instead).
+shapes: plain and linearised trials take one scalar backward instead; Gauss-Newton's batched
+and CG VJPs still use grad_outputs, where it is faster).
 
 Evidence (2 shared cores; the same benchmark run in a checkout of b01b190 beside this one): a
 fresh process start to exit 3.47 s → 3.03 s, its first trial's records 0.97 → 0.67 s against

@@ -32,15 +32,16 @@ imports are most of it: on 2 cores the daemons' start-up alone is ≈ 4 CPU-seco
 embedded Ray takes 0.75 CPU-seconds per 30 s, so the 1.03-1.07× of later trials is not its idle
 daemons: the driver (3.5 CPU-seconds over a 39-s study, its start included) and Tune's per-report
 work in the actors share the 2 cores with the trials.
-Removed after b01b190 (each A/B'd against the tree before it): trials import neither sympy nor
-torch._dynamo (fresh trial process 3.47 → 3.03 s, benchmarks.cold_start); the embedded Ray
-prestarts no workers (launch → first trial 6.44 → 5.16 s, median of 6 tiny studies: the raylet
-held the first driver until they registered, and Tune's actors never use them); its autoscaler
-monitor is killed before `ray.shutdown()` (stop 1.73 → 0.70 s: Ray stops the GCS first and the
-monitor's SIGTERM handler then waits 1 s on it); the driver imports Tune in a thread while
-`ray.init` waits (only ≈ 1.1 of 2 cores are busy in a study's first 5 s, sampled every 0.5 s):
-launch → first trial 7.00 → 6.45 s and 5.58 → 5.29 s in two sets of 6 tiny studies (an earlier
-session saw no gain from it over 3 whole studies, with prestarted workers still holding the driver).
+Removed after b01b190 (each A/B'd against the tree before it): trials import no torch._dynamo,
+plain and linearised ones no sympy either (fresh trial process 3.47 → 3.03 s,
+benchmarks.cold_start); the embedded Ray prestarts no workers (launch → first trial 6.44 → 5.16 s,
+median of 6 tiny studies: the raylet held the first driver until they registered, and Tune's
+actors never use them); its autoscaler monitor is killed before `ray.shutdown()` (stop 1.73 → 0.70
+s: Ray stops the GCS first and the monitor's SIGTERM handler then waits 1 s on it); the driver
+imports Tune in a thread while `ray.init` waits (only ≈ 1.1 of 2 cores are busy in a study's first
+5 s, sampled every 0.5 s): launch → first trial 7.00 → 6.45 s and 5.58 → 5.29 s in two sets of 6
+tiny studies (an earlier session saw no gain from it over 3 whole studies, with prestarted workers
+still holding the driver).
 Tried and dropped: a Ray worker_process_setup_hook that imports torch (moved the cost), warm-up
 tasks to prestart workers (Tune's actors carry a runtime_env of env_vars; Ray never hands an actor
 a worker that ran tasks, even with the same runtime_env, checked again), giving the job the same
