@@ -24,12 +24,14 @@ if TYPE_CHECKING:
     from ._fit import fit_feature_updates, n_at_fraction, sigmoid_model
     from ._load import load, load_trials
     from ._plot_curves import plot_training_curves
-    from ._plot_damping import plot_damping
+    from ._plot_matched import plot_matched_train_loss
     from ._plot_measure import measure_correlations, plot_measure
     from ._plot_phase import plot_phase_diagram
+    from ._plot_sweep import plot_damping, plot_lr
     from ._plot_updates import plot_feature_updates
     from ._report import ReportResult, default_out, write_report
     from ._summary import final_metrics
+    from ._tune import tune_on_validation
 
 _LAZY = {
     "fit_feature_updates": "_fit",
@@ -38,7 +40,10 @@ _LAZY = {
     "load": "_load",
     "load_trials": "_load",
     "plot_training_curves": "_plot_curves",
-    "plot_damping": "_plot_damping",
+    "plot_damping": "_plot_sweep",
+    "plot_lr": "_plot_sweep",
+    "plot_matched_train_loss": "_plot_matched",
+    "tune_on_validation": "_tune",
     "measure_correlations": "_plot_measure",
     "plot_measure": "_plot_measure",
     "plot_phase_diagram": "_plot_phase",
@@ -62,10 +67,13 @@ __all__ = [
     "n_at_fraction",
     "plot_damping",
     "plot_feature_updates",
+    "plot_lr",
+    "plot_matched_train_loss",
     "plot_measure",
     "plot_phase_diagram",
     "plot_training_curves",
     "sigmoid_model",
+    "tune_on_validation",
     "write_report",
 ]
 

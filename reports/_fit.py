@@ -17,13 +17,19 @@ Model (saturating in log N, levels fixed from the group's reference trials):
 
 A group that cannot be fitted gets ``fit_ok = False`` and a ``reason``; no number is guessed.
 Reasons: a missing level; fewer than three distinct N; levels that do not differ (Welch
-t-test); a fit that fails, or explains the points no better than their mean (F-test); or an
-N₅₀ outside the sampled N range (the data do not bracket the transition).
+t-test); a fit that fails, or explains the points no better than their mean (F-test); or
+both N₅₀ and N₉₀ outside the sampled N range (the data do not bracket the transition).
+A threshold is reported only inside the sampled range: when the transition starts below one
+update (N₅₀ < the smallest N), N₅₀ is left empty and N₉₀ reported, with a note.
+
+Diverged trials are not points of the fit (they have no final accuracy); ``n_diverged`` and
+``diverged_k`` count the group's, and the note says the fit was made without them.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -35,11 +41,15 @@ from ._groups import (
     LINEARISED,
     Group,
     borrowed_references,
+    diverged_like,
     groups,
+    infinite_k,
     is_lazy,
     is_sgd_limit,
     n_updates,
+    sampled_keys,
 )
+from ._schema import format_value
 from ._stats import f_test_p, welch_p
 
 MODEL = "acc = a_inf + (a_1 - a_inf) * sigmoid(s * (ln N - ln N50)); a_inf, a_1 from K=inf, K=1"
@@ -78,8 +88,31 @@ def fit_feature_updates(
     if progress and todo:
         progress(f"fitting {len(todo)} group{'s' * (len(todo) > 1)} (bootstrap {n_boot})…")
     rng = np.random.default_rng(seed)
-    rows = [_fit_group(g, *borrowed_references(trials, g), metric, n_boot, rng) for g in todo]
+    sampled = [k for k in sampled_keys(trials) if k in trials.columns]
+    rows = []
+    for g in todo:
+        mixed = [k for k in sampled if g.trials[k].nunique() > 1]
+        if mixed:  # a searcher's trials at many lr: one curve of them would mix lr with N
+            row = _fit_group(g, g.trials.iloc[:0], "", metric, 0, rng, fit=False)
+            why = (f"{', '.join(mixed)} sampled by a searcher varies along the curve: "
+                   "fitted only per K at the validation-selected value (the tuned view)")  # fmt: skip
+            rows.append(row | {"reason": why})
+            continue
+        row = _fit_group(g, *borrowed_references(trials, g), metric, n_boot, rng)
+        rows.append(_note_diverged(row, diverged_like(trials, g)))
     return pd.DataFrame(rows, columns=_columns(todo))
+
+
+def _note_diverged(row: dict, lost: pd.DataFrame) -> dict:
+    """Count the group's diverged trials and, on a fit, say it was made without them."""
+    row["n_diverged"] = len(lost)
+    ks = sorted(set(infinite_k(lost))) if len(lost) else []
+    row["diverged_k"] = ", ".join(format_value(float(k)) for k in ks)
+    if len(lost) and row.get("fit_ok"):
+        note = (f"fitted without {len(lost)} diverged trial{'s' * (len(lost) > 1)} "
+                f"(K = {row['diverged_k']})")  # fmt: skip
+        row["reason"] = "; ".join(r for r in (row.get("reason", ""), note) if r)
+    return row
 
 
 def _as_trials(frame: pd.DataFrame) -> pd.DataFrame:
@@ -94,7 +127,8 @@ def _columns(todo: list[Group]) -> list[str]:
     keys = list(dict.fromkeys(k for g in todo for k in g.key))
     stats = [f"{p}{s}" for p in PARAMS for s in ("", "_lo", "_hi")]
     return ["group", *keys, "metric", "fit_model", "n_trials", "n_points", "n_distinct",
-            "n_min", "n_max", *stats, "rmse", "n_boot", "n_boot_ok", "levels_from", "fit_ok", "reason"]  # fmt: skip
+            "n_min", "n_max", *stats, "n50_param", "rmse", "n_boot", "n_boot_ok", "levels_from",
+            "n_diverged", "diverged_k", "fit_ok", "reason"]  # fmt: skip
 
 
 # ---- one group ----------------------------------------------------------------------------
@@ -105,8 +139,12 @@ def _fit_group(
     metric: str,
     n_boot: int,
     rng: np.random.Generator,
+    fit: bool = True,
 ) -> dict:
-    """Fit one group; `borrowed` are reference trials from its other-schedule siblings."""
+    """Fit one group; `borrowed` are reference trials from its other-schedule siblings.
+
+    With `fit` False only the counts and levels are filled in (the caller says why not).
+    """
     t = pd.concat([group.trials, borrowed]).dropna(subset=[metric])
     lazy, sgd = is_lazy(t).to_numpy(bool), is_sgd_limit(t).to_numpy(bool)
     n = n_updates(t).to_numpy(float)
@@ -123,7 +161,7 @@ def _fit_group(
         row["a_inf"] = float(y_inf.mean())
     if len(y_1):
         row["a_1"] = float(y_1.mean())
-    reason = _unfittable(y_inf, y_1, row["n_distinct"])
+    reason = _unfittable(y_inf, y_1, row["n_distinct"]) if fit else "not fitted"
     if reason:
         return row | {"reason": reason}
     x, yp = np.log(n[points]), y[points]
@@ -135,20 +173,36 @@ def _fit_group(
     junk = _no_better_than_mean(yp, residual)
     if junk:
         return row | {"reason": junk}
-    if not x.min() <= log_n50 <= x.max():
-        n50 = math.exp(log_n50)
-        return row | {"reason": f"N50 ≈ {n50:.3g} lies outside the sampled N range "
-                      f"[{row['n_min']:g}, {row['n_max']:g}]: the data do not bracket the transition"}  # fmt: skip
-    row |= {"n50": math.exp(log_n50), "slope": slope, "fit_ok": True,
-            "n90": n_at_fraction(math.exp(log_n50), slope, 0.9),
+    n50, n90 = math.exp(log_n50), n_at_fraction(math.exp(log_n50), slope, 0.9)
+    inside = {name: row["n_min"] <= v <= row["n_max"] for name, v in (("n50", n50), ("n90", n90))}
+    sampled = f"[{row['n_min']:g}, {row['n_max']:g}]"
+    if not any(inside.values()):
+        return row | {"reason": f"N50 ≈ {n50:.3g} and N90 ≈ {n90:.3g} lie outside the sampled N "
+                      f"range {sampled}: the data do not bracket the transition"}  # fmt: skip
+    row |= {"n50": n50, "n50_param": n50, "slope": slope, "fit_ok": True, "n90": n90,
             "rmse": float(np.sqrt(np.mean(residual**2)))}  # fmt: skip
     cells = [lazy, sgd, *(points & (n == v) for v in np.unique(n[points]))]
     row |= _bootstrap(y, n, cells, estimate, n_boot, rng)
+    for name, value in (("n50", n50), ("n90", n90)):
+        if not inside[name]:  # a threshold is only reported where there are data around it
+            row |= {name: math.nan, f"{name}_lo": math.nan, f"{name}_hi": math.nan}
+            where = "below" if value < row["n_min"] else "above"
+            label = {"n50": "N₅₀", "n90": "N₉₀"}[name]
+            note = (f"{label} ≈ {value:.3g} lies {where} the sampled N range {sampled}, so it is "
+                    "not reported" + ("; the transition starts below one feature update"
+                                      if where == "below" and row["n_min"] <= 1 else ""))  # fmt: skip
+            row["reason"] = "; ".join(r for r in (row["reason"], note) if r)
     single = [name for name, ys in (("K=∞", y_inf), ("K=1", y_1)) if len(ys) == 1]
     if single and row.get("n_boot_ok"):
         note = f"{' and '.join(single)} level from a single trial, so its spread is not in the CIs"
         row["reason"] = "; ".join(r for r in (row["reason"], note) if r)
     return row
+
+
+def short_reason(reason: str, width: int = 64) -> str:
+    """A failed fit's reason cut for a legend: the clause before ':', no parentheses."""
+    head = re.sub(r"\s*\([^)]*\)", "", str(reason).split(":")[0]).strip()
+    return head if len(head) <= width else head[: head.rfind(" ", 0, width)] + "…"
 
 
 def _unfittable(y_inf: np.ndarray, y_1: np.ndarray, n_distinct: int) -> str:
@@ -175,7 +229,9 @@ def _no_better_than_mean(y: np.ndarray, residual: np.ndarray) -> str:
     if dof < 1 or rss_mean == 0:
         return ""
     f = (rss_mean - rss) / (rss / dof) if rss > 0 else math.inf
-    p = f_test_p(f, 1, dof) if f > 0 else 1.0
+    if f <= 0:  # an F below zero is no statistic to print: the curve is simply worse
+        return "the fitted curve fits the points worse than their mean: no transition in the data"
+    p = f_test_p(f, 1, dof)
     if p < ALPHA:
         return ""
     return (f"the fitted curve explains the points no better than their mean (F = {f:.2g}, "

@@ -50,6 +50,72 @@ def drawable(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["exclusion"].isin(["", "in progress"]) & (trials["n_rows"] > 0)]
 
 
+def diverged(trials: pd.DataFrame) -> pd.DataFrame:
+    """Diverged trials, each counted once (a diverged duplicate is excluded as a duplicate)."""
+    if "exclusion" not in trials.columns:
+        return trials.iloc[:0]
+    return trials[trials["exclusion"] == "diverged"]
+
+
+def diverged_like(
+    trials: pd.DataFrame, group: Group, drop: Iterable[str] = SWEEP_KEYS
+) -> pd.DataFrame:
+    """The diverged trials that belong to `group`: equal on its key but for the `drop` keys.
+
+    A group is built from usable trials, so a K at which every seed diverged still belongs
+    to the curve it would have extended; figures mark these and fits say they lack them.
+    """
+    return _same_key(diverged(trials), group.key, drop)
+
+
+def sampled_keys(trials: pd.DataFrame, min_trials: int = 6) -> list[str]:
+    """Config keys a searcher sampled from a continuous range (Optuna, random search).
+
+    Such a key takes a new value in most trials, so grouping by it leaves one trial per
+    group. It is numeric and positive, distinct in at least half of at least `min_trials`
+    finished trials of one trainer, and not crossed with the other varying keys as a grid
+    would be (a one-seed grid over damping alone is a grid, not a search).
+    """
+    subset = usable(trials)
+    out: list[str] = []
+    if "trainer" not in subset:
+        return out
+    for _, part in subset.groupby("trainer"):
+        if len(part) < min_trials:
+            continue
+        keys = varying(part, group_keys(part, ("seed",)))
+        for key in keys:
+            values = pd.to_numeric(part[key], errors="coerce")
+            if not (values.notna().all() and (values > 0).all()):
+                continue
+            if values.nunique() >= len(part) / 2 and not _crossed(part, key, keys):
+                out.append(key)
+    return list(dict.fromkeys(out))
+
+
+def _crossed(part: pd.DataFrame, key: str, keys: list[str]) -> bool:
+    """True when every value of `key` meets every value of each other varying key (a grid)."""
+    others = [k for k in keys if k != key]
+    if not others:
+        return True
+    for other in others:
+        pairs = part[[key, other]].astype(str).drop_duplicates()
+        if len(pairs) < part[key].nunique() * part[other].nunique(dropna=False):
+            return False
+    return True
+
+
+def with_gaps(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the generalisation gaps: ``acc_gap`` = train − test accuracy and
+    ``loss_gap`` = test − train loss (where both sides were recorded)."""
+    out = frame.copy()
+    if {"train_acc", "test_acc"} <= set(frame.columns):
+        out["acc_gap"] = frame["train_acc"].astype(float) - frame["test_acc"].astype(float)
+    if {"train_loss", "test_loss"} <= set(frame.columns):
+        out["loss_gap"] = frame["test_loss"].astype(float) - frame["train_loss"].astype(float)
+    return out
+
+
 def infinite_k(trials: pd.DataFrame) -> np.ndarray:
     """K per trial from the config, with K ≥ T as ∞ (the paper's convention)."""
     k = trials["k"].astype(float).to_numpy()
@@ -83,12 +149,16 @@ def groups(
     drop: Iterable[str] = SWEEP_KEYS,
     running: bool = False,
 ) -> list[Group]:
-    """Usable trials of `trainer` (and running ones if `running`), grouped by all keys but `drop`."""
+    """Usable trials of `trainer` (and running ones if `running`), grouped by all keys but `drop`.
+
+    Keys a searcher sampled (``sampled_keys``) never split groups: that would leave one
+    trial per group.
+    """
     subset = drawable(trials) if running else usable(trials)
     subset = subset[subset["trainer"] == trainer] if "trainer" in subset else subset.iloc[:0]
     if subset.empty:
         return []
-    keys = group_keys(subset, drop)
+    keys = group_keys(subset, (*drop, *sampled_keys(trials)))
     label_keys = varying(subset, keys)
     out = []
     for values, frame in subset.groupby(keys, dropna=False, sort=True):

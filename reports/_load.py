@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._errors import ReportError
+from ._groups import with_gaps
 from ._paths import find_results
 from ._schema import (
     DIVERGED,
@@ -29,6 +30,7 @@ from ._schema import (
     PENDING,
     REQUIRED_METRICS_COLUMNS,
     RUNNING,
+    STOPPED,
     config_keys,
 )
 
@@ -54,7 +56,9 @@ def load_trials(study_dirs: StudyPaths) -> pd.DataFrame:
 
     Final metrics are each metric's last non-missing value; ``feature_updates`` is then N.
     ``usable`` trials finished normally; the others say why not in ``exclusion``
-    ("diverged", "errored", "in progress", "pending", "stopped early at step s of T").
+    ("diverged", "errored", "in progress", "pending", "stopped by the scheduler",
+    "stopped early at step s of T", "duplicate"). A duplicate has every config column equal
+    to another trial's of the same study, seed included; ``duplicate_of`` names the kept one.
     """
     return read_studies(study_dirs).trials
 
@@ -190,8 +194,10 @@ def _trial_table(metrics: pd.DataFrame, reported: pd.DataFrame | None) -> pd.Dat
     states = [_status(row) for row in table.to_dict("records")]
     table["status"] = [s for s, _ in states]
     table["exclusion"] = [e for _, e in states]
-    table["usable"] = table["exclusion"] == ""
     table = table.sort_values(keys, ignore_index=True)
+    table = _mark_duplicates(table, metrics.attrs.get("metric_like", []))
+    table = with_gaps(table)
+    table["usable"] = table["exclusion"] == ""
     table.attrs["metric_like"] = metrics.attrs.get("metric_like", [])
     return table
 
@@ -222,6 +228,8 @@ def _status(row: dict) -> tuple[str, str]:
         return DIVERGED, "diverged"
     if reported == ERROR:
         return ERROR, "errored"
+    if reported == STOPPED:  # an early-stopping scheduler's loser: part of tuning, not data
+        return STOPPED, "stopped by the scheduler"
     if reported == PENDING or row["n_rows"] == 0:
         return (reported or PENDING), "pending"
     if reported in (RUNNING, PAUSED):
@@ -236,6 +244,41 @@ def _status(row: dict) -> tuple[str, str]:
     if not complete:
         return DONE, f"stopped early at step {last:g} of {total:g}"
     return DONE, ""
+
+
+DUPLICATE = "duplicate"
+# Which copy of a duplicated trial is kept: the most finished one, then the first id.
+_KEEP_ORDER = {"": 0, "diverged": 1, "in progress": 2}
+
+
+def _mark_duplicates(table: pd.DataFrame, metric_like: list[str]) -> pd.DataFrame:
+    """Exclude every copy of a trial but one: equal config columns (seed included) are one trial.
+
+    Config columns hold the effective config (K >= T as ∞, K = 1 for trainers that ignore K);
+    older files may not, so the comparison applies both rules itself. Copies are counted
+    once everywhere (means, bands, fits, correlations), never as extra seeds.
+    """
+    table["duplicate_of"] = ""
+    keys = config_keys(table.columns, metric_like)
+    if table.empty or not keys:
+        return table
+    effective = table[keys].copy()
+    if "k" in effective and "total_steps" in effective:
+        k = pd.to_numeric(effective["k"], errors="coerce")
+        total = pd.to_numeric(effective["total_steps"], errors="coerce")
+        k = k.where(~(k >= total), math.inf)
+        if "trainer" in effective:
+            k = k.where(effective["trainer"].isin(["linearised", None]) | k.isna(), 1.0)
+        effective["k"] = k
+    signature = effective.astype(str).agg("\x1f".join, axis=1)
+    rank = table["exclusion"].map(_KEEP_ORDER).fillna(len(_KEEP_ORDER))
+    order = pd.DataFrame({"study": table["study"], "sig": signature, "rank": rank,
+                          "id": table["trial_id"]}).sort_values(["study", "sig", "rank", "id"])  # fmt: skip
+    first = order.groupby(["study", "sig"], sort=False)["id"].transform("first")
+    copies = order.index[order["id"] != first]
+    table.loc[copies, "duplicate_of"] = first.loc[copies]
+    table.loc[copies, "exclusion"] = DUPLICATE
+    return table
 
 
 def _number(value: object) -> float:

@@ -1,7 +1,7 @@
 """Figure 3: training curves per K, test accuracy against step, feature updates marked.
 
 One panel per group of linearised trials (running trials included, so a study in progress
-shows its curves). A line is the mean over seeds at each reported step, with a 95% band.
+shows its curves). A line is the mean over seeds at each reported step, with a 95% bootstrap band from 3 seeds.
 Circles on a line mark where the linearisation point θ_s moves: at multiples of K on the
 uniform schedule; at t, the single linearisation, on the one-shot schedule (whose lines are
 one per t); elsewhere where the reported count of updates grows (to the resolution of
@@ -21,10 +21,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from ._config import CI_LEVEL
 from ._groups import LINEARISED, Group, baselines, groups, infinite_k, matching_plain
 from ._schema import format_value, k_label
-from ._stats import t_quantile
+from ._stats import mean_band, metric_range
 from ._style import (
     PLAIN_STYLES,
     NothingToPlot,
@@ -135,12 +134,11 @@ def _k_style(k: float) -> str | tuple:
 
 
 def _mean_curve(data: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean over seeds per step with a 95% Student-t band (no band where one seed reports)."""
-    g = data.groupby("step")[metric].agg(["mean", "std", "count"])
-    dof = np.maximum(g["count"] - 1, 1)
-    half = t_quantile(0.5 + CI_LEVEL / 2, dof) * g["std"] / np.sqrt(g["count"])
-    half = half.where(g["count"] > 1)
-    return g.assign(lo=g["mean"] - half, hi=g["mean"] + half)
+    """Mean over seeds per step with a 95% bootstrap band inside the metric's range (none
+    where fewer than 3 seeds report)."""
+    bounds = metric_range(metric)
+    stats = {step: mean_band(part[metric], bounds) for step, part in data.groupby("step")}
+    return pd.DataFrame.from_dict(stats, orient="index", columns=["mean", "lo", "hi"]).sort_index()
 
 
 def _update_steps(data: pd.DataFrame, trial: pd.Series, kind: str, value: float) -> np.ndarray:

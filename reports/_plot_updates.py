@@ -1,10 +1,13 @@
 """Figure 1: accuracy and loss against the number of feature updates N (log axis).
 
-Four panels: test accuracy (with the fitted curve and N₅₀), train accuracy, test loss, train
-loss, so slower optimisation is not mistaken for worse generalisation. Points are the mean
-over seeds with a 95% Student-t band; faint dots are single seeds. K=∞ (N=0) cannot sit on a
-log axis, so it is a dashed level with its band; K=1 (N=T−1) is both the rightmost point and a
-dotted level. Plain-trainer baselines on the same problem are dash-dotted levels.
+Six panels: test accuracy (with the fitted curve and N₅₀ or N₉₀), train accuracy, test and
+train loss, and the generalisation gaps (train − test accuracy, test − train loss), so slower
+optimisation is not mistaken for worse generalisation. Points are the mean over seeds with a
+95% bootstrap band (from 3 seeds; fewer show the seeds only); faint dots are single seeds.
+K=∞ (N=0) cannot sit on a log axis, so it is a dashed level with its band; K=1 (N=T−1) is both
+the rightmost point and a dotted level. Plain-trainer baselines on the same problem are
+dash-dotted levels. Diverged trials are crosses at the floor of each panel, counted in the
+legend (K=∞ ones at the left edge).
 """
 
 from __future__ import annotations
@@ -17,22 +20,25 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from ._fit import fit_feature_updates, sigmoid_model
+from ._fit import fit_feature_updates, short_reason, sigmoid_model
 from ._groups import (
     LINEARISED,
     Group,
     baselines,
     borrowed_references,
+    diverged_like,
     groups,
+    infinite_k,
     is_lazy,
     is_sgd_limit,
     matching_plain,
     n_updates,
+    sampled_keys,
     usable,
 )
-from ._schema import group_keys, varying
-from ._stats import mean_ci, summarise
+from ._stats import mean_band, metric_range, summarise
 from ._style import (
     LAZY_STYLE,
     PLAIN_STYLES,
@@ -40,13 +46,14 @@ from ._style import (
     NothingToPlot,
     colour,
     constant_description,
+    floor_handle,
     k_mappable,
     log_axis,
     log_if_wide,
     loss_label,
+    mark_floor,
     pages,
     paper_style,
-    plain_log_ticks,
     save,
     set_title,
 )
@@ -57,7 +64,10 @@ PANELS = (
     ("train_acc", "train accuracy"),
     ("test_loss", "test"),
     ("train_loss", "train"),
+    ("acc_gap", "accuracy gap, train − test"),
+    ("loss_gap", "loss gap, test − train"),
 )
+FIGSIZE = (7.4, 8.4)
 TITLE_KEYS = ("dataset", "model", "loss", "optimizer", "lr", "total_steps", "batch_size")
 
 
@@ -66,24 +76,32 @@ def plot_feature_updates(
     out: str | Path,
     fits: pd.DataFrame | None = None,
     formats: Sequence[str] = ("png",),
+    note: str = "",
 ) -> list[Path]:
     """Draw figure 1 from ``load_trials(...)``; return the files written (one page per 5 groups).
 
     `fits` is ``fit_feature_updates(trials)``; without it the fit runs here without CIs.
+    `note` goes into the title (e.g. how the learning rate was chosen). A group with a single
+    K is no curve (an lr sweep at one K): it is left out, and raises NothingToPlot when alone.
     """
-    todo = groups(trials, LINEARISED)
-    if not todo:
+    found = groups(trials, LINEARISED)
+    if not found:
         raise NothingToPlot("no finished linearised trials to place against N")
     key = sampled_key(trials)
     if key is not None:  # a searcher's study: one page, one point per trial, coloured by key
         with paper_style():
-            return save(_draw_sampled(pd.concat([g.trials for g in todo]), key), out, formats)
+            fig = _draw_sampled(pd.concat([g.trials for g in found]), key, trials)
+            return save(fig, out, formats)
+    todo = [g for g in found if len(set(infinite_k(g.trials))) > 1]
+    if not todo:
+        raise NothingToPlot("every group of linearised trials has a single K, so there is no "
+                            "curve in N (an lr sweep is drawn against lr instead)")  # fmt: skip
     if fits is None:
         fits = fit_feature_updates(trials, n_boot=0)
     paths: list[Path] = []
     for page, chunk in enumerate(pages(todo, GROUPS_PER_PAGE)):
         with paper_style():
-            fig = _draw(chunk, trials, fits)
+            fig = _draw(chunk, trials, fits, note)
             paths += save(fig, out, formats, page)
     return paths
 
@@ -91,33 +109,32 @@ def plot_feature_updates(
 def sampled_key(trials: pd.DataFrame) -> str | None:
     """The config key a searcher sampled from a continuous range, if any (Optuna, random).
 
-    Such a key takes a new value in most trials, so grouping by it leaves one trial per group:
-    a page of one-point "curves". It must be numeric and positive (it is drawn on a log colour
-    scale) and distinct in at least half of at least 6 finished linearised trials.
+    See ``sampled_keys``; only linearised trials count here, and the key must vary among them.
     """
-    subset = usable(trials)
-    subset = subset[subset["trainer"] == LINEARISED] if "trainer" in subset else subset.iloc[:0]
-    if len(subset) < 6:
-        return None
-    for key in varying(subset, group_keys(subset)):
-        values = pd.to_numeric(subset[key], errors="coerce")
-        if values.notna().all() and (values > 0).all() and values.nunique() >= len(subset) / 2:
+    lin = trials[trials["trainer"] == LINEARISED] if "trainer" in trials else trials.iloc[:0]
+    for key in sampled_keys(lin):
+        if usable(lin)[key].nunique() > 1:
             return key
     return None
 
 
-def _draw_sampled(lin: pd.DataFrame, key: str):
+def _draw_sampled(lin: pd.DataFrame, key: str, trials: pd.DataFrame):
     """Every trial a point at its N (log(1 + N) axis, so K=∞ at N=0 is on it), coloured by
-    the sampled key on a log scale; the best trial by test accuracy ringed."""
-    fig, axes = plt.subplots(2, 2, figsize=(7.4, 6.0), sharex=True, layout="constrained")
+    the sampled key on a log scale; the best trial by validation accuracy ringed (by test
+    accuracy only when no validation was recorded); diverged trials at the floor."""
+    fig, axes = plt.subplots(3, 2, figsize=FIGSIZE, sharex=True, layout="constrained")
     t = lin.assign(N=n_updates(lin))
+    lost = trials[(trials["exclusion"] == "diverged") & (trials["trainer"] == LINEARISED)]
+    lost_n = np.ceil(lost["total_steps"].astype(float) / infinite_k(lost)) - 1
     values = pd.to_numeric(t[key]).astype(float)
     mappable = k_mappable(list(values))
-    best = t["test_acc"].idxmax() if "test_acc" in t and t["test_acc"].notna().any() else None
+    chooser = "val_acc" if "val_acc" in t and t["val_acc"].notna().any() else "test_acc"
+    best = t[chooser].idxmax() if chooser in t and t[chooser].notna().any() else None
     loss_names = list(t.get("loss", pd.Series(dtype=object)))
     for (metric, label), ax in zip(PANELS, axes.flat, strict=True):
         if metric not in t.columns:
             continue
+        mark_floor(ax, lost_n.clip(lower=0), "#C00000")
         ax.scatter(t["N"], t[metric], c=mappable.to_rgba(values), s=22, linewidths=0.4,
                    edgecolors="white", zorder=3)  # fmt: skip
         if best is not None:
@@ -132,7 +149,7 @@ def _draw_sampled(lin: pd.DataFrame, key: str):
             log_if_wide(ax, t[metric])
         else:
             ax.set_ylim(top=min(ax.get_ylim()[1], 1.005))
-    for ax in axes[1]:
+    for ax in axes[-1]:
         ax.set_xlabel("feature updates N (log(1 + N) scale; N = 0 is K = ∞)")
     bar = fig.colorbar(mappable, ax=axes, location="right", shrink=0.8, pad=0.02)
     bar.set_label(f"{key} (sampled; log scale)")
@@ -140,19 +157,25 @@ def _draw_sampled(lin: pd.DataFrame, key: str):
     scope = constant_description(t, tuple(k for k in TITLE_KEYS if k != key))
     set_title(fig, f"Accuracy against feature updates · {studies}, {len(t)} sampled trials"
               + (f" ({scope})" if scope else ""))  # fmt: skip
+    handles = []
     if best is not None:
+        which = "validation" if chooser == "val_acc" else "test (no validation recorded)"
         ring = Line2D([], [], marker="o", ms=8, mfc="none", mec="black", linestyle="none",
-                      label=f"best test accuracy: {t.loc[best, 'test_acc']:.4f} at "
-                            f"{key}={t.loc[best, key]:.3g}, N={t.loc[best, 'N']:g}")  # fmt: skip
-        fig.legend(handles=[ring], loc="outside lower center")
+                      label=f"best {which} accuracy, at {key}={t.loc[best, key]:.3g}, "
+                            f"N={t.loc[best, 'N']:g}: test accuracy "
+                            f"{t.loc[best, 'test_acc']:.4f}")  # fmt: skip
+        handles.append(ring)
+    handles.append(floor_handle(f"diverged ({len(lost)}), at the floor"))
+    fig.legend(handles=handles, loc="outside lower center")
     return fig
 
 
-def _draw(chunk: Sequence[Group], trials: pd.DataFrame, fits: pd.DataFrame):
-    fig, axes = plt.subplots(2, 2, figsize=(7.4, 6.0), sharex=True, layout="constrained")
+def _draw(chunk: Sequence[Group], trials: pd.DataFrame, fits: pd.DataFrame, note: str = ""):
+    fig, axes = plt.subplots(3, 2, figsize=FIGSIZE, sharex=True, layout="constrained")
     loss_names = pd.concat([g.trials for g in chunk]).get("loss", pd.Series(dtype=object))
     plain = [baselines(matching_plain(trials, g.key)) for g in chunk]
     borrowed = [borrowed_references(trials, g)[0] for g in chunk]
+    lost = [diverged_like(trials, g) for g in chunk]
     plain_styles = _plain_styles(plain)
     group_handles = []
     for i, group in enumerate(chunk):
@@ -163,28 +186,34 @@ def _draw(chunk: Sequence[Group], trials: pd.DataFrame, fits: pd.DataFrame):
             fitted = fit if metric == _fit_metric(fit) else None
             _draw_group(ax, group, borrowed[i], metric, colour(i), fitted)
             _draw_plain(ax, plain[i], metric, colour(i), plain_styles)
-        group_handles.append(
-            Line2D([], [], color=colour(i), marker="o", ms=4, label=_legend(group, fit, fits))
-        )
+            _draw_diverged(ax, lost[i], colour(i))
+        group_handles.append(Line2D([], [], color=colour(i), marker="o", ms=4,
+                                    label=_legend(group, fit, fits, len(lost[i]))))  # fmt: skip
     everything = pd.concat([g.trials for g in chunk])
     for (metric, label), ax in zip(PANELS, axes.flat, strict=True):
         log_axis(ax, "x", n_updates(everything))
-        ax.set_ylabel(label if "acc" in metric else loss_label(label, list(loss_names)))
-        if "loss" in metric:
+        if metric in ("test_loss", "train_loss"):
+            ax.set_ylabel(loss_label(label, list(loss_names)))
             values = pd.concat([g.trials[metric] for g in chunk if metric in g.trials])
             log_if_wide(ax, values)
         else:
+            ax.set_ylabel(label)
+        if metric.endswith("_acc"):
             ax.set_ylim(top=min(ax.get_ylim()[1], 1.005))
-    for ax in axes[1]:
+        if metric.endswith("_gap"):
+            ax.axhline(0.0, color="0.6", linewidth=0.6, zorder=0)
+    for ax in axes[-1]:
         ax.set_xlabel("feature updates N (relinearisations; log scale)")
     _top_k_axis(axes[0], chunk)
     scope = constant_description(everything, TITLE_KEYS)
     studies = ", ".join(sorted(set(everything["study"])))
+    extra = "; ".join(x for x in (scope, note) if x)
     set_title(
-        fig, f"Accuracy against feature updates · {studies}" + (f" ({scope})" if scope else "")
+        fig, f"Accuracy against feature updates · {studies}" + (f" ({extra})" if extra else "")
     )
-    handles = group_handles + _style_handles(plain_styles)
-    fig.legend(handles=handles, loc="outside lower center", ncol=3 if len(handles) > 4 else 4)
+    n_lost = sum(len(x) for x in lost)
+    handles = group_handles + _style_handles(plain_styles, n_lost, chunk, fits)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(chunk) > 1 else 3)
     return fig
 
 
@@ -205,13 +234,22 @@ def _draw_group(
     ax.plot(s["key"], s["mean"], "o", ms=3.5, color=c, linestyle="none" if fit is not None else "-",
             linewidth=0.8)  # fmt: skip
     for mask, style in ((lazy, LAZY_STYLE), (sgd, SGD_STYLE)):
-        _level(ax, t.loc[mask, metric], c, style)
+        _level(ax, t.loc[mask, metric], c, style, metric_range(metric))
     if fit is not None:
         _draw_fit(ax, fit, t, c)
 
 
-def _level(ax, values: pd.Series, c: str, style: dict) -> None:
-    mean, lo, hi = mean_ci(values)
+def _draw_diverged(ax, lost: pd.DataFrame, c: str) -> None:
+    """Diverged trials at the floor, at the N their K would have given (K=∞ at the left)."""
+    if lost.empty:
+        return
+    k = infinite_k(lost)
+    n = np.ceil(lost["total_steps"].astype(float).to_numpy() / k) - 1
+    mark_floor(ax, np.where(np.isinf(k), 1.0, n), c, left=np.isinf(k))
+
+
+def _level(ax, values: pd.Series, c: str, style: dict, bounds: tuple[float, float]) -> None:
+    mean, lo, hi = mean_band(values, bounds)
     if math.isnan(mean):
         return
     ax.axhline(mean, color=c, **style)
@@ -220,15 +258,17 @@ def _level(ax, values: pd.Series, c: str, style: dict) -> None:
 
 
 def _draw_fit(ax, fit: pd.Series, t: pd.DataFrame, c: str) -> None:
+    """The fitted curve, and N₅₀ (or N₉₀ when N₅₀ lies outside the data) with its CI."""
     n_max = max(float(t["total_steps"].max()), float(fit["n_max"]))
     xs = np.geomspace(fit["n_min"] / 1.5, n_max * 1.5, 200)
-    ax.plot(xs, sigmoid_model(xs, fit["a_inf"], fit["a_1"], fit["n50"], fit["slope"]),
+    ax.plot(xs, sigmoid_model(xs, fit["a_inf"], fit["a_1"], fit["n50_param"], fit["slope"]),
             color=c, linewidth=1.1)  # fmt: skip
-    mid = fit["a_inf"] + 0.5 * (fit["a_1"] - fit["a_inf"])
-    lo, hi = fit.get("n50_lo", math.nan), fit.get("n50_hi", math.nan)
-    xerr = [[fit["n50"] - lo], [hi - fit["n50"]]] if np.isfinite([lo, hi]).all() else None
-    ax.errorbar([fit["n50"]], [mid], xerr=xerr, fmt="D", ms=4.5, mfc="white", mec=c, ecolor=c,
-                capsize=2.5, zorder=5)  # fmt: skip
+    name, q = ("n50", 0.5) if np.isfinite(fit["n50"]) else ("n90", 0.9)
+    level = fit["a_inf"] + q * (fit["a_1"] - fit["a_inf"])
+    lo, hi = fit.get(f"{name}_lo", math.nan), fit.get(f"{name}_hi", math.nan)
+    xerr = [[fit[name] - lo], [hi - fit[name]]] if np.isfinite([lo, hi]).all() else None
+    ax.errorbar([fit[name]], [level], xerr=xerr, fmt="D" if name == "n50" else "s", ms=4.5,
+                mfc="white", mec=c, ecolor=c, capsize=2.5, zorder=5)  # fmt: skip
 
 
 def _plain_styles(plain: list[list[tuple[str, pd.DataFrame]]]) -> dict[str, tuple]:
@@ -244,10 +284,15 @@ def _draw_plain(ax, plain: list, metric: str, c: str, styles: dict[str, tuple]) 
             ax.axhline(mean, color=c, linestyle=styles[label], linewidth=0.9, alpha=0.85)
 
 
+NICE_K = tuple(m * 10**e for e in range(0, 8) for m in (1, 2, 5))
+
+
 def _top_k_axis(top_axes, chunk: Sequence[Group]) -> None:
     """A secondary axis in K when every group has the same T and the uniform schedule.
 
     θ_s moves after steps K, 2K, … < T, so N = T/K − 1 when K divides T: K = T/(N + 1).
+    Ticks are fixed at 1, 2, 5 × 10ⁿ between 1 and T: K < 1 is no schedule, and the axis
+    padding beyond N = T − 1 would otherwise show one.
     """
     totals = {float(t) for g in chunk for t in g.trials["total_steps"]}
     schedules = {s for g in chunk for s in g.trials.get("schedule", pd.Series(["uniform"]))}
@@ -263,9 +308,12 @@ def _top_k_axis(top_axes, chunk: Sequence[Group]) -> None:
         with np.errstate(divide="ignore", invalid="ignore"):
             return total / np.asarray(k, dtype=float) - 1
 
+    ticks = [k for k in NICE_K if 1 <= k <= total / 2]  # K > T/2 is N = 0 or 1: crowded
     for ax in top_axes:
         sec = ax.secondary_xaxis("top", functions=(to_k, to_n))
-        plain_log_ticks(sec.xaxis, subs=(1.0, 2.0, 5.0))
+        sec.xaxis.set_major_locator(FixedLocator(ticks))
+        sec.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+        sec.xaxis.set_minor_locator(NullLocator())
         sec.set_xlabel("K = T/(N+1) (steps between feature updates)")
 
 
@@ -285,26 +333,46 @@ def _fit_metric(fit: pd.Series | None) -> str | None:
     return None if fit is None else fit["metric"]
 
 
-def _legend(group: Group, fit: pd.Series | None, fits: pd.DataFrame) -> str:
+def _threshold(fit: pd.Series, name: str) -> str:
+    """'N₅₀ = 3.2 [2.1, 4.8]', or 'N₅₀ < 1' when it lies below the data."""
+    label = {"n50": "N₅₀", "n90": "N₉₀"}[name]
+    value = fit[name]
+    if not np.isfinite(value):
+        param = fit.get("n50_param", math.nan)
+        below = name == "n50" and np.isfinite(param) and param < fit["n_min"]
+        return f"{label} < {fit['n_min']:g}" if below else f"{label} > {fit['n_max']:g}"
+    lo, hi = fit.get(f"{name}_lo", math.nan), fit.get(f"{name}_hi", math.nan)
+    ci = f" [{lo:.3g}, {hi:.3g}]" if np.isfinite([lo, hi]).all() else ""
+    return f"{label} = {value:.3g}{ci}"
+
+
+def _legend(group: Group, fit: pd.Series | None, fits: pd.DataFrame, n_lost: int = 0) -> str:
+    lost = f"; {n_lost} diverged" if n_lost else ""
     if fit is None:
         failed = _fit_rows(fits, group)
         reason = str(failed["reason"].iloc[0]) if len(failed) else ""
-        short = reason.split(":")[0][:70] if reason else "see summary.md"
-        return f"{group.label}: no fit ({short})"
-    lo, hi = fit.get("n50_lo", math.nan), fit.get("n50_hi", math.nan)
-    ci = f" [{lo:.3g}, {hi:.3g}]" if np.isfinite([lo, hi]).all() else ""
-    return f"{group.label}: N₅₀ = {fit['n50']:.3g}{ci}, N₉₀ = {fit['n90']:.3g}"
+        short = short_reason(reason) if reason else "see summary.md"
+        return f"{group.label}: no fit ({short}){lost}"
+    if n_lost:
+        lost = f"; fitted without {n_lost} diverged"
+    return f"{group.label}: {_threshold(fit, 'n50')}, {_threshold(fit, 'n90')}{lost}"
 
 
-def _style_handles(plain_styles: dict[str, tuple]) -> list:
+def _style_handles(
+    plain_styles: dict[str, tuple], n_lost: int, chunk: Sequence[Group], fits: pd.DataFrame
+) -> list:
     grey = "0.3"
+    fitted = [f for f in (_fit_row(fits, g) for g in chunk) if f is not None]
+    marker = "◇ = N₅₀" if any(np.isfinite(f["n50"]) for f in fitted) or not fitted else "□ = N₉₀"
     handles = [
         Line2D([], [], color=grey, marker="o", ms=3.5, linestyle="none", label="mean over seeds"),
-        plt.Rectangle((0, 0), 1, 1, color=grey, alpha=0.25, label="95% CI of the mean"),
-        Line2D([], [], color=grey, linewidth=1.1, label="fit (◇ = N₅₀ ± 95% CI)"),
+        plt.Rectangle((0, 0), 1, 1, color=grey, alpha=0.25,
+                      label="95% bootstrap CI of the mean (≥ 3 seeds)"),
+        Line2D([], [], color=grey, linewidth=1.1, label=f"fit ({marker} ± 95% CI)"),
         Line2D([], [], color=grey, label="K=∞ level (N=0)", **LAZY_STYLE),
         Line2D([], [], color=grey, label="K=1 level (N=T−1)", **SGD_STYLE),
-    ]
+    ]  # fmt: skip
     for label, style in plain_styles.items():
         handles.append(Line2D([], [], color=grey, linewidth=0.9, label=label, linestyle=style))
+    handles.append(floor_handle(f"diverged trial ({n_lost}), at the panel floor"))
     return handles

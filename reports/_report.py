@@ -29,13 +29,16 @@ class ReportResult:
     skipped: dict[str, str] = field(default_factory=dict)  # figure name -> reason
     fits_csv: Path | None = None
     summary: Path | None = None
+    selected_csv: Path | None = None
     fits: pd.DataFrame = field(default_factory=pd.DataFrame)
+    selected: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def files(self) -> list[Path]:
         """Every file written."""
         paths = [p for ps in self.figures.values() for p in ps]
-        return [*paths, *(p for p in (self.fits_csv, self.summary) if p is not None)]
+        extra = (self.fits_csv, self.selected_csv, self.summary)
+        return [*paths, *(p for p in extra if p is not None)]
 
 
 def default_out(study_dirs: Sequence[Path]) -> Path:
@@ -58,10 +61,15 @@ def write_report(
     n_boot: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    tune: Sequence[str] = ("lr",),
+    match_train_loss: float | None = None,
 ) -> ReportResult:
-    """Write figures, ``fits.csv`` and ``summary.md`` for one or several studies into `out`.
+    """Write figures, ``fits.csv``, ``selected.csv`` and ``summary.md`` into `out`.
 
-    Raises ReportError, before writing anything, when the input cannot make a report.
+    `tune` are the keys selected per K on validation accuracy for the tuned view (empty: no
+    tuned view); `match_train_loss` is the target of the matched view (None: each group's
+    worst final training loss). Raises ReportError, before writing anything, when the input
+    cannot make a report.
     """
     say = progress or (lambda _msg: None)
     formats = check_formats(formats)
@@ -75,20 +83,41 @@ def write_report(
     # fitting and plotting need scipy and matplotlib: import them once the input is known good
     from ._fit import fit_feature_updates
     from ._plot_curves import plot_training_curves
-    from ._plot_damping import plot_damping
+    from ._plot_matched import plot_matched_train_loss
     from ._plot_measure import MEASURE, measure_correlations, plot_measure
     from ._plot_phase import plot_phase_diagram
+    from ._plot_sweep import plot_damping, plot_lr
     from ._plot_updates import plot_feature_updates
     from ._summary import render_summary
+    from ._tune import TUNED, tune_on_validation
 
+    tuning = tune_on_validation(data.trials, tuple(tune)) if tune else None
+    tuned = tuning.trials if tuning is not None and not tuning.refused else None
     fits = fit_feature_updates(data.trials, n_boot=n_boot, seed=seed, progress=say)
-    result = ReportResult(out=out_dir, fits=fits)
+    fits.insert(1, "view", "fixed")
+    if tuned is not None and len(tuned):
+        tuned_fits = fit_feature_updates(tuned, n_boot=n_boot, seed=seed, progress=say)
+        tuned_fits.insert(1, "view", "tuned")
+        fits = pd.concat([fits, tuned_fits], ignore_index=True)
+    fixed_fits, tuned_fits = fits[fits["view"] == "fixed"], fits[fits["view"] == "tuned"]
+    selected = tuning.selected if tuned is not None else pd.DataFrame()
+    result = ReportResult(out=out_dir, fits=fits, selected=selected)
     say(f"drawing figures into {out_dir}…")
     out_dir.mkdir(parents=True, exist_ok=True)
+    tuned_note = f"{', '.join(tune)} {TUNED} per K"
+    matched_view = tuned if tuned is not None and len(tuned) else data.trials
+    matched_note = tuned_note if matched_view is tuned else ""
     figures: dict[str, Callable[[Path], list[Path]]] = {
-        "feature_updates": lambda p: plot_feature_updates(data.trials, p, fits, formats),
+        "feature_updates": lambda p: plot_feature_updates(data.trials, p, fixed_fits, formats),
+        "feature_updates_tuned": lambda p: _tuned_figure(
+            tuned, lambda: plot_feature_updates(tuned, p, tuned_fits, formats, tuned_note)
+        ),
+        "matched_train_loss": lambda p: plot_matched_train_loss(
+            data.metrics, matched_view, p, formats, match_train_loss, matched_note
+        ),
         "phase_diagram": lambda p: plot_phase_diagram(data.trials, p, formats),
         "training_curves": lambda p: plot_training_curves(data.metrics, data.trials, p, formats),
+        "lr": lambda p: plot_lr(data.trials, p, formats),
         "damping": lambda p: plot_damping(data.trials, p, formats),
         "proxy_vs_measure": lambda p: plot_measure(data.trials, p, formats),
     }
@@ -100,10 +129,21 @@ def write_report(
         _remove_stale_pages(out_dir, name, result.figures.get(name, []))
     correlations = measure_correlations(data.trials, MEASURE)
     result.fits_csv = _write_text(out_dir / "fits.csv", fits.to_csv(index=False))
+    selected_file = out_dir / "selected.csv"
+    if len(selected):
+        result.selected_csv = _write_text(selected_file, selected.to_csv(index=False))
+    elif selected_file.is_file():  # an earlier report's selection would pass for this one's
+        selected_file.unlink()
     summary = render_summary(data.trials, fits, correlations, result.figures, result.skipped,
-                             out_dir, data.dirs)  # fmt: skip
+                             out_dir, data.dirs, tuning, match_train_loss)  # fmt: skip
     result.summary = _write_text(out_dir / "summary.md", summary)
     return result
+
+
+def _tuned_figure(tuned: pd.DataFrame | None, draw: Callable[[], list[Path]]) -> list[Path]:
+    if tuned is None or tuned.empty:
+        raise NothingToPlot("no tuned view: no tuned key varies at a K (or no val_acc; see Tuning)")
+    return draw()
 
 
 def _remove_stale_pages(out_dir: Path, name: str, written: list[Path]) -> None:

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 import pandas as pd
 
 ID_COLUMNS = ("study", "trial_id")
-CORE_METRICS = ("step", "feature_updates", "train_loss", "train_acc", "test_loss", "test_acc")
+CORE_METRICS = ("step", "feature_updates", "train_loss", "train_acc", "val_loss", "val_acc",
+                "test_loss", "test_acc")  # fmt: skip
 EXTRA_METRICS = ("diverged", "elapsed_s", "batch_loss", "cg_iters")
 MEASURES = (
     "kernel_distance_init",
@@ -22,7 +23,8 @@ MEASURES = (
     "param_change",
     "lin_point_change",
 )
-METRICS = (*CORE_METRICS, *EXTRA_METRICS, *MEASURES)
+DERIVED = ("acc_gap", "loss_gap")  # generalisation gaps the reader adds to each trial
+METRICS = (*CORE_METRICS, *EXTRA_METRICS, *MEASURES, *DERIVED)
 STATUS_COLUMNS = ("status", "started_at", "finished_at", "wall_s")
 # Columns Ray Tune or the results writer add (provenance, hosts, paths), and ours: never config.
 # data_dir and download say where data lived, not which data: they must not split groups.
@@ -33,10 +35,10 @@ BOOKKEEPING = frozenset(
         "time_since_restore", "experiment_id", "trial_name", "logdir", "checkpoint_dir_name",
         "should_checkpoint", "error", "message", "traceback", "reported_at", "written_at",
         "attempt", "attempts", "device", "trial_dir", "data_dir", "download", "trial_wall_s",
-        "n_rows", "last_step", "usable", "exclusion",
+        "n_rows", "last_step", "usable", "exclusion", "duplicate_of", "data_sha256",
     }
 )  # fmt: skip
-BOOKKEEPING_SUFFIXES = ("_version", "_at", "_sha", "_commit")
+BOOKKEEPING_SUFFIXES = ("_version", "_at", "_sha", "_sha256", "_commit")
 CONFIG_LOOKALIKES = frozenset({"one_shot_at"})  # config keys with a bookkeeping-like suffix
 
 REQUIRED_METRICS_COLUMNS = ("trial_id", "step", "feature_updates", "test_acc", "k", "total_steps")
@@ -45,7 +47,7 @@ SWEEP_KEYS = ("k", "seed", "one_shot_at")
 SCHEDULE_KEYS = ("schedule", "growth", "one_shot_at")
 
 # Statuses, normalised to upper case. DIVERGED also covers rows flagged `diverged`.
-DONE, ERROR, DIVERGED = "TERMINATED", "ERROR", "DIVERGED"
+DONE, ERROR, DIVERGED, STOPPED = "TERMINATED", "ERROR", "DIVERGED", "STOPPED"
 RUNNING, PAUSED, PENDING = "RUNNING", "PAUSED", "PENDING"
 
 

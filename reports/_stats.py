@@ -1,4 +1,4 @@
-"""Small statistics over seeds: t intervals, Welch and F tests, Spearman's rho.
+"""Small statistics over seeds: bootstrap bands, t intervals, Welch and F tests, Spearman's rho.
 
 Built on ``scipy.special`` and numpy rather than ``scipy.stats``, whose import alone costs
 about a second: reports should start fast.
@@ -16,6 +16,45 @@ from scipy.special import fdtrc, stdtr, stdtrit
 from ._config import CI_LEVEL
 
 EXACT_SPEARMAN_N = 8  # up to 8! = 40320 orderings
+MIN_BAND_SEEDS = 3  # fewer seeds get points only: two values say nothing about a spread
+BAND_REPLICATES = 2000  # bootstrap resamples per band; seeded, so a figure redraws the same
+BAND_SEED = 0
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values `metric` can take: [0, 1] for accuracies, [0, ∞) for losses, else all reals."""
+    if metric.endswith("_acc") or metric.endswith("accuracy"):
+        return 0.0, 1.0
+    if metric == "acc_gap":  # train − test accuracy
+        return -1.0, 1.0
+    if metric.endswith("_loss") or metric == "loss":
+        return 0.0, math.inf
+    return -math.inf, math.inf
+
+
+def mean_band(
+    values: np.ndarray | pd.Series,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+    level: float = CI_LEVEL,
+) -> tuple[float, float, float]:
+    """(mean, low, high): the mean over seeds and a percentile-bootstrap interval of it.
+
+    Resampling the seeds keeps the interval inside the values' own range (an accuracy band
+    never leaves [0, 1]); it is clipped to `bounds` as well. Below MIN_BAND_SEEDS seeds the
+    interval is NaN: the figure shows the seeds as points instead.
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if len(x) < MIN_BAND_SEEDS:
+        return mean, math.nan, math.nan
+    rng = np.random.default_rng(BAND_SEED)
+    means = x[rng.integers(0, len(x), size=(BAND_REPLICATES, len(x)))].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return mean, float(np.clip(lo, *bounds)), float(np.clip(hi, *bounds))
 
 
 def t_quantile(q: float, dof: np.ndarray | float) -> np.ndarray | float:
@@ -37,10 +76,14 @@ def mean_ci(values: np.ndarray | pd.Series, level: float = CI_LEVEL) -> tuple[fl
 
 
 def summarise(frame: pd.DataFrame, by: str | list[str], column: str) -> pd.DataFrame:
-    """Per value of `by`: n, mean, lo, hi of `column` (rows with NaN `column` left out)."""
+    """Per value of `by`: n, mean, lo, hi of `column` (rows with NaN `column` left out).
+
+    The band is ``mean_band`` within the metric's range (``metric_range(column)``).
+    """
     rows = []
+    bounds = metric_range(column)
     for key, part in frame.dropna(subset=[column]).groupby(by, sort=True, dropna=False):
-        mean, lo, hi = mean_ci(part[column])
+        mean, lo, hi = mean_band(part[column], bounds)
         rows.append({"key": key, "n": len(part), "mean": mean, "lo": lo, "hi": hi})
     out = pd.DataFrame(rows, columns=["key", "n", "mean", "lo", "hi"])
     types = {"n": "int64", "mean": float, "lo": float, "hi": float}

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Colormap, ListedColormap, LogNorm
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+from matplotlib.transforms import blended_transform_factory
 
 from ._config import DPI, FORMATS
 from ._errors import NothingToPlot
@@ -31,6 +33,8 @@ OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "
 LAZY_STYLE = {"linestyle": (0, (5, 2)), "linewidth": 1.3}  # K=∞ level
 SGD_STYLE = {"linestyle": (0, (1, 1.5)), "linewidth": 1.6}  # K=1 level
 PLAIN_STYLES = ((0, (6, 2, 1, 2)), (0, (6, 2, 1, 2, 1, 2)), (0, (2, 2, 6, 2)))
+DIVERGED_MARKER = "X"  # a diverged trial, drawn at the floor of the axis it would be on
+FLOOR_Y, FLOOR_STEP = 0.03, 0.045  # axes fraction of the first floor marker, and of each next
 RC = {
     "font.size": 8.5,
     "axes.titlesize": 9,
@@ -87,6 +91,31 @@ def k_mappable(finite_ks: Sequence[float]) -> ScalarMappable:
     """The K colour scale, for a colour bar."""
     lo, hi = min(finite_ks), max(finite_ks)
     return ScalarMappable(LogNorm(lo, hi if hi > lo else lo * 10), K_CMAP)
+
+
+def mark_floor(ax, xs: Iterable[float], c, left: Iterable[bool] | None = None,
+               marker: str = DIVERGED_MARKER) -> int:  # fmt: skip
+    """Mark trials that have no value on this axis (diverged, never reached a target) at its
+    floor: x in data units, y a fixed fraction of the axes, stacked where x repeats. A `left`
+    trial (N = 0 on a log axis) sits at the left edge. Returns how many were drawn."""
+    xs = [float(x) for x in xs]
+    left = [False] * len(xs) if left is None else list(left)
+    seen: dict[object, int] = {}
+    floor = blended_transform_factory(ax.transData, ax.transAxes)
+    for x, at_left in zip(xs, left, strict=True):
+        place = "left" if at_left else x
+        y = FLOOR_Y + FLOOR_STEP * seen.get(place, 0)
+        seen[place] = seen.get(place, 0) + 1
+        transform, px = (ax.transAxes, 0.012) if at_left else (floor, x)
+        ax.scatter([px], [y], transform=transform, marker=marker, s=30, color=c,
+                   edgecolors="white", linewidths=0.4, clip_on=False, zorder=6)  # fmt: skip
+    return len(xs)
+
+
+def floor_handle(label: str, marker: str = DIVERGED_MARKER) -> Line2D:
+    """The legend entry for floor markers."""
+    return Line2D([], [], color="0.3", marker=marker, ms=6, mec="white", mew=0.4,
+                  linestyle="none", label=label)  # fmt: skip
 
 
 def loss_label(kind: str, loss_names: Sequence[str]) -> str:

@@ -12,16 +12,21 @@ import pandas as pd
 
 from ._config import CI_LEVEL
 from ._fit import MODEL
-from ._groups import usable
-from ._schema import ERROR, config_keys, format_value, varying
+from ._groups import infinite_k, usable
+from ._schema import ERROR, config_keys, format_value, group_keys, group_label, varying
+from ._tune import Tuning, rule
 
 FINAL_METRICS = ("test_acc", "test_loss", "train_acc", "train_loss")
 LISTED_TRIALS = 20  # trial ids listed per exclusion reason before "and n more"
 FIGURE_TITLES = {
-    "feature_updates": "Accuracy and loss against the number of feature updates N",
+    "feature_updates": "Accuracy, loss and generalisation gap against the number of feature "
+    "updates N (each learning rate as run)",
+    "feature_updates_tuned": "The same at the learning rate selected per K on validation",
+    "matched_train_loss": "Test accuracy at matched training loss",
     "phase_diagram": "Phase diagram: final test accuracy over T × K",
     "training_curves": "Training curves per K, feature updates marked",
-    "damping": "Gauss-Newton: accuracy and loss against damping λ",
+    "lr": "Accuracy, loss and generalisation gap against the learning rate",
+    "damping": "Gauss-Newton: accuracy, loss and generalisation gap against damping λ",
     "proxy_vs_measure": "Proxy N against measured feature learning (kernel distance)",
 }
 
@@ -59,6 +64,8 @@ def render_summary(
     skipped: Mapping[str, str],
     out: Path,
     dirs: Sequence[Path],
+    tuning: Tuning | None = None,
+    match_train_loss: float | None = None,
 ) -> str:
     """The markdown text of ``summary.md`` (figure links relative to `out`)."""
     studies = ", ".join(sorted(set(trials["study"]))) if len(trials) else "(none)"
@@ -69,7 +76,9 @@ def render_summary(
         + ", ".join(f"`{d}`" for d in dirs)
         + ".\n",
         _trials_section(trials),
-        _figures_section(figures, skipped, out),
+        _per_group_section(trials),
+        _tuning_section(tuning),
+        _figures_section(figures, skipped, out, match_train_loss),
         _fits_section(fits),
         _measure_section(correlations, skipped),
         _finals_section(trials),
@@ -86,15 +95,21 @@ def _trials_section(trials: pd.DataFrame) -> str:
         counts = reasons.str.replace(r"stopped early.*", "stopped early", regex=True).value_counts()
         rows.append({"study": study, "trials": len(t), **counts.to_dict()})
     table = pd.DataFrame(rows).fillna(0)
-    cols = ["study", "trials", "used", "diverged", "errored", "in progress", "pending",
-            "stopped early"]  # fmt: skip
+    cols = ["study", "trials", "used", "diverged", "duplicate", "stopped by the scheduler",
+            "errored", "in progress", "pending", "stopped early"]  # fmt: skip
     cols += [c for c in table.columns if c not in cols]
     table = table.reindex(columns=cols, fill_value=0)
     lines.append(markdown_table(table, ints=cols[1:]))
     lines.append(
         "\n*used* trials finished normally and enter the fits and final metrics. All others are "
-        "excluded from both: diverged and errored trials always, running and pending ones until "
-        "they finish. Curves of running trials still appear in the training-curve figure.\n"
+        "excluded from both: errored trials always, running and pending ones until they finish. "
+        "Diverged trials are an outcome: every figure marks them (✕ at the panel floor, counted "
+        "in the legend) and a fit made without them says so. A *duplicate* has every config "
+        "column equal to another trial's, seed included (K ≥ T is K=∞; a trainer that ignores K "
+        "has K=1): it is the same trial, counted once and never as an extra seed. Trials "
+        "*stopped by the scheduler* lost an early-stopping tuning procedure (ASHA): they are "
+        "part of the tuning, never of a curve or fit. Curves of running trials still appear in "
+        "the training-curve figure.\n"
     )
     excluded = trials[trials["exclusion"] != ""]
     for reason, t in excluded.groupby("exclusion", sort=True):
@@ -109,16 +124,78 @@ def _trials_section(trials: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _per_group_section(trials: pd.DataFrame) -> str:
+    """Diverged trials and dropped duplicates, per group (every config key but K, seed, t)."""
+    lost = trials[trials["exclusion"].isin(["diverged", "duplicate"])]
+    if lost.empty:
+        return "## Diverged trials and duplicates per group\n\nNone.\n"
+    keys = [k for k in group_keys(trials) if k in trials.columns]
+    label_keys = varying(trials, keys)
+    rows = []
+    for values, part in lost.groupby(keys, dropna=False, sort=True):
+        key = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
+        bad, copies = part[part["exclusion"] == "diverged"], part[part["exclusion"] == "duplicate"]
+        ks = sorted(set(infinite_k(bad))) if len(bad) else []
+        seeds = sorted(set(bad["seed"])) if "seed" in bad and len(bad) else []
+        ids = ", ".join(f"`{i}`" for i in bad["trial_id"].head(LISTED_TRIALS))
+        more = f" and {len(bad) - LISTED_TRIALS} more" if len(bad) > LISTED_TRIALS else ""
+        rows.append({
+            "group": group_label(key, label_keys),
+            "diverged": len(bad),
+            "at K": ", ".join(format_value(float(k)) for k in ks) or "–",
+            "seeds": ", ".join(format_value(v) for v in seeds) or "–",
+            "diverged trials": (ids + more) or "–",
+            "duplicates dropped": len(copies),
+        })  # fmt: skip
+    return "\n".join([
+        "## Diverged trials and duplicates per group\n",
+        "A group is every config key but K, the seed and the one-shot t. Diverged trials are "
+        "marked on the figures and are not points of any fit; duplicates are copies of a trial "
+        "that was kept (its id is in the `duplicate_of` column of the trial table).\n",
+        markdown_table(pd.DataFrame(rows), ints=("diverged", "duplicates dropped")),
+    ]) + "\n"  # fmt: skip
+
+
+def _tuning_section(tuning: Tuning | None) -> str:
+    lines = ["## Learning rate tuned per K on validation\n"]
+    if tuning is None:
+        return "\n".join([*lines, "Not tuned: no tuned key takes several values at one K.\n"])
+    if tuning.refused:
+        return "\n".join([*lines, f"Not tuned: {tuning.refused}.\n"])
+    lines.append(f"Rule: {rule(tuning.keys)}\n")
+    lines.append("Selected values (also in `selected.csv`); *candidates* lists every value "
+                 "with its mean validation accuracy:\n")  # fmt: skip
+    table = tuning.selected.copy()
+    for col in ("val_acc_mean", "test_acc_mean"):
+        if col in table:
+            table[col] = table[col].map(lambda v: f"{v:.4f}" if np.isfinite(v) else "–")
+    if "study" in table and table["study"].nunique() == 1:
+        table = table.drop(columns="study")
+    table = table.rename(columns={"val_acc_mean": "val acc (mean)",
+                                  "test_acc_mean": "test acc at selection (mean)"})  # fmt: skip
+    table = table.drop(columns=[c for c in ("n_candidates",) if c in table])
+    return "\n".join([*lines, markdown_table(table)]) + "\n"
+
+
 def _figures_section(
-    figures: Mapping[str, Sequence[Path]], skipped: Mapping[str, str], out: Path
+    figures: Mapping[str, Sequence[Path]],
+    skipped: Mapping[str, str],
+    out: Path,
+    match_train_loss: float | None = None,
 ) -> str:
     lines = ["## Figures\n"]
+    target = ("the worst final training loss among each group's non-diverged trials"
+              if match_train_loss is None else f"{match_train_loss:g}")  # fmt: skip
+    captions = {"matched_train_loss": f"Each trial read at the first record where its training "
+                f"loss reaches the target ({target}); ▼ at the floor: never reached."}  # fmt: skip
     for name, title in FIGURE_TITLES.items():
         paths = figures.get(name, [])
         if paths:
             png = [p for p in paths if p.suffix == ".png"] or list(paths)
             links = ", ".join(f"[{p.name}]({_rel(p, out)})" for p in paths)
             lines.append(f"### {title}\n\nFiles: {links}\n")
+            if name in captions:
+                lines.append(captions[name] + "\n")
             lines += [f"![{title}]({_rel(p, out)})\n" for p in png if p.suffix in (".png", ".svg")]
         elif name in skipped:
             lines.append(f"### {title}\n\nNot drawn: {skipped[name]}.\n")
@@ -144,24 +221,30 @@ def _fits_section(fits: pd.DataFrame) -> str:
             "group": ok["group"],
             "a_inf (K=∞)": [_ci(r, "a_inf", "{:.4f}") for _, r in ok.iterrows()],
             "a_1 (K=1)": [_ci(r, "a_1", "{:.4f}") for _, r in ok.iterrows()],
-            "N₅₀": [_ci(r, "n50", "{:.3g}") for _, r in ok.iterrows()],
-            "N₉₀": [_ci(r, "n90", "{:.3g}") for _, r in ok.iterrows()],
+            "N₅₀": [_threshold(r, "n50") for _, r in ok.iterrows()],
+            "N₉₀": [_threshold(r, "n90") for _, r in ok.iterrows()],
             "slope s": [_ci(r, "slope", "{:.3g}") for _, r in ok.iterrows()],
             "rmse": ok["rmse"].map("{:.2g}".format),
             "trials": ok["n_trials"],
+            "diverged (not in fit)": ok.get("n_diverged", pd.Series(0, index=ok.index))
+            .fillna(0).astype(int),
             "N range": [f"{r['n_min']:g}–{r['n_max']:g}" for _, r in ok.iterrows()],
             "bootstrap ok": [f"{r['n_boot_ok']}/{r['n_boot']}" for _, r in ok.iterrows()],
         })  # fmt: skip
+        if "view" in ok and ok["view"].nunique() > 1:
+            table.insert(0, "view", ok["view"].map(VIEW_NAMES).fillna(ok["view"]).to_numpy())
         if "study" in ok and ok["study"].nunique() > 1:
             table.insert(0, "study", ok["study"].to_numpy())
         lines.append(markdown_table(table))
         notes = ok[ok["reason"].astype(str) != ""]
-        lines += [f"\nNote for {r['group']}: {r['reason']}." for _, r in notes.iterrows()]
+        lines += [f"\nNote for {_view(r)}{r['group']}: {r['reason']}." for _, r in notes.iterrows()]
         borrowed = ok[ok["levels_from"].astype(str) != "group"]
-        lines += [f"\nLevels for {r['group']}: {r['levels_from']}." for _, r in borrowed.iterrows()]
+        lines += [f"\nLevels for {_view(r)}{r['group']}: {r['levels_from']}."
+                  for _, r in borrowed.iterrows()]  # fmt: skip
     if len(failed):
         lines.append(f"\n### Fits that failed ({len(failed)})\n")
-        lines += [f"- {r['study']} · {r['group']}: {r['reason']}." for _, r in failed.iterrows()]
+        lines += [f"- {r['study']} · {_view(r)}{r['group']}: {r['reason']}."
+                  for _, r in failed.iterrows()]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -205,6 +288,23 @@ def _finals_section(trials: pd.DataFrame) -> str:
 
 
 # ---- helpers -----------------------------------------------------------------------------
+VIEW_NAMES = {"fixed": "lr as run", "tuned": "lr tuned per K (val)"}
+
+
+def _view(row: pd.Series) -> str:
+    return "tuned view · " if row.get("view") == "tuned" else ""
+
+
+def _threshold(row: pd.Series, name: str) -> str:
+    """N_q with its CI, or where it lies when it is outside the sampled N (not reported)."""
+    if np.isfinite(row.get(name, math.nan)):
+        return _ci(row, name, "{:.3g}")
+    param = row.get("n50_param", math.nan)
+    if name == "n50" and np.isfinite(param) and param < row["n_min"]:
+        return f"< {row['n_min']:g} (below the sampled N)"
+    return f"> {row['n_max']:g} (above the sampled N)"
+
+
 def _ci(row: pd.Series, name: str, fmt: str) -> str:
     value, lo, hi = row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi")
     text = fmt.format(value)

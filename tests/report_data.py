@@ -9,7 +9,7 @@ fit can be checked against the truth.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +53,15 @@ BASE_CONFIG = {
     "eval_every": 100,
     "probe_size": 64,
     "measure_every": 0,
+    "init": "he",
+    "output_scale": 1.0,
+    "center_output": False,
+    "val_size": 200,
+    "data_path": "",
+    "divergence_factor": 1e3,
 }
+# provenance: never config, so never a grouping key
+PROVENANCE = {"data_sha256": "0" * 64}
 
 
 @dataclass
@@ -75,6 +83,13 @@ class Spec:
     trials_table: bool = True  # write results/trials.parquet
     hive: bool = False  # metrics/trial_id=<id>/part-0.parquet, trial_id only in the path
     extra_config: dict = field(default_factory=dict)
+    lrs: Iterable[float] = (0.05,)  # linearised and plain trials at each
+    # (k, lr) -> (test accuracy shift, validation accuracy shift) of that cell's trials
+    shift: Callable[[float, float], tuple[float, float]] | None = None
+    val: bool = True  # write val_loss and val_acc (results from before the split lack them)
+    duplicates: int = 0  # copies of the K=∞ seed-0 trial: one exact, then K = 2T (old files)
+    stopped: int = 0  # this many extra trials stopped by an early-stopping scheduler
+    diverge_at: dict = field(default_factory=dict)  # config of the diverged trials (default K=3)
 
 
 def make_study(root: Path, spec: Spec | None = None, **changes) -> Path:
@@ -99,6 +114,8 @@ def make_study(root: Path, spec: Spec | None = None, **changes) -> Path:
             frame.to_parquet(metrics_dir / f"{trial_id}.parquet", index=False)
         last = frame.iloc[-1].to_dict()
         status = {"ok": "TERMINATED", "running": "RUNNING"}.get(fate, fate.upper())
+        if fate == "stopped":
+            status = "STOPPED"
         trials.append({**last, "status": status, "started_at": pd.Timestamp("2025-01-01"),
                        "finished_at": pd.Timestamp("2025-01-01 00:01"), "wall_s": 60.0})  # fmt: skip
     if spec.trials_table:
@@ -111,18 +128,22 @@ def _configs(spec: Spec, rng: np.random.Generator):
     """(config, final test acc, fate) per trial; fate is ok, running, diverged or errored."""
     base = {**BASE_CONFIG, **spec.extra_config}
     out = []
+    shift = spec.shift or (lambda k, lr: (0.0, 0.0))
     for total in spec.total_steps:
-        for k in spec.ks:
-            n = 0 if math.isinf(k) else math.ceil(total / k) - 1  # final feature_updates
-            for seed in spec.seeds:
-                acc = spec.truth.acc(n) + spec.truth.noise * rng.standard_normal()
-                out.append(({**base, "k": float(k), "total_steps": total, "seed": seed}, acc, "ok"))
-        for optimizer in spec.plain:
-            for seed in spec.seeds:
-                cfg = {**base, "trainer": "plain", "optimizer": optimizer, "k": 1.0}
-                acc = spec.truth.a_1 + (0.01 if optimizer == "adam" else 0.0)
-                acc += spec.truth.noise * rng.standard_normal()
-                out.append(({**cfg, "total_steps": total, "seed": seed}, acc, "ok"))
+        for lr in spec.lrs:
+            for k in spec.ks:
+                n = 0 if math.isinf(k) else math.ceil(total / k) - 1  # final feature_updates
+                for seed in spec.seeds:
+                    acc = spec.truth.acc(n) + spec.truth.noise * rng.standard_normal()
+                    acc += shift(float(k), lr)[0]
+                    cfg = {**base, "lr": lr, "k": float(k), "total_steps": total, "seed": seed}
+                    out.append((cfg, acc, "ok"))
+            for optimizer in spec.plain:
+                for seed in spec.seeds:
+                    cfg = {**base, "trainer": "plain", "optimizer": optimizer, "k": 1.0, "lr": lr}
+                    acc = spec.truth.a_1 + (0.01 if optimizer == "adam" else 0.0)
+                    acc += spec.truth.noise * rng.standard_normal() + shift(1.0, lr)[0]
+                    out.append(({**cfg, "total_steps": total, "seed": seed}, acc, "ok"))
         for lr in spec.gn_lrs if spec.gn_dampings else ():
             for damping in spec.gn_dampings:
                 for seed in spec.seeds:
@@ -131,6 +152,12 @@ def _configs(spec: Spec, rng: np.random.Generator):
                     acc = 0.7 + 0.2 * sharp + 0.05 * lr + 0.003 * rng.standard_normal()
                     cfg |= {"damping": damping, "total_steps": total, "seed": seed}
                     out.append((cfg, acc, "ok"))
+    lazy = [(c, a) for c, a, _ in out if c["trainer"] == "linearised" and math.isinf(c["k"])
+            and c["seed"] == next(iter(spec.seeds), None)]  # fmt: skip
+    for j in range(spec.duplicates if lazy else 0):
+        cfg, acc = lazy[0]
+        k = cfg["k"] if j == 0 else 2.0 * cfg["total_steps"]  # K ≥ T: the same trial as K=∞
+        out.append(({**cfg, "k": k}, acc, "ok"))
     # running trials: K=2 first, so the K=1 and K=∞ references stay complete
     middle = [i for i, (c, _, _) in enumerate(out)
               if c["trainer"] == "linearised" and 1 < c["k"] < INF]  # fmt: skip
@@ -138,16 +165,18 @@ def _configs(spec: Spec, rng: np.random.Generator):
         out[i] = (out[i][0], out[i][1], "running")
     first = {**base, "k": 3.0, "total_steps": next(iter(spec.total_steps)), "seed": 0}
     for j in range(spec.diverged):
-        out.append(({**first, "k": 3.0, "seed": 100 + j}, math.nan, "diverged"))
+        out.append(({**first, "seed": 100 + j, **spec.diverge_at}, math.nan, "diverged"))
     for j in range(spec.errored):
         out.append(({**first, "k": 3.0, "seed": 200 + j}, math.nan, "error"))
+    for j in range(spec.stopped):
+        out.append(({**first, "k": 3.0, "seed": 300 + j}, spec.truth.a_inf, "stopped"))
     return out
 
 
 def _rows(spec: Spec, config: dict, final_acc: float, fate: str, rng: np.random.Generator):
     total, k, every = config["total_steps"], config["k"], config["eval_every"]
     steps = list(range(0, total + 1, every))
-    if fate == "running":
+    if fate in ("running", "stopped"):
         steps = steps[: len(steps) // 2]
     elif fate in ("diverged", "error"):
         steps = steps[:3]
@@ -160,10 +189,15 @@ def _rows(spec: Spec, config: dict, final_acc: float, fate: str, rng: np.random.
         # θ_s moves after steps K, 2K, … < T, applied before the next step trains
         updates = 0 if math.isinf(k) or step == 0 else math.ceil(step / k) - 1
         loss = -math.log(max(test_acc, 1e-3))
+        val_shift = (spec.shift or (lambda k, lr: (0.0, 0.0)))(float(k), config["lr"])
+        # validation tracks test up to the cell's chosen offset (minus its test shift)
+        val_acc = test_acc + progress * (val_shift[1] - val_shift[0])
         row = {**config, "step": step, "feature_updates": int(updates),
                "train_loss": 0.8 * loss, "train_acc": train_acc,
                "test_loss": loss, "test_acc": test_acc,
-               "diverged": False, "elapsed_s": 0.01 * step}  # fmt: skip
+               "diverged": False, "elapsed_s": 0.01 * step, **PROVENANCE}  # fmt: skip
+        if spec.val:
+            row |= {"val_loss": -math.log(max(val_acc, 1e-3)), "val_acc": val_acc}
         if fate == "diverged" and i == len(steps) - 1:
             row |= {"diverged": True, "train_loss": math.inf, "test_loss": math.nan}
         if spec.probe:

@@ -1,0 +1,170 @@
+"""Figures against one swept hyperparameter on a log axis: the learning rate, the GN damping λ.
+
+Six panels, as in figure 1: test and train accuracy, test and train loss, and the
+generalisation gaps (train − test accuracy, test − train loss). One line per trainer / K /
+other config (every key but the swept one and the seed): the mean over seeds with a 95%
+bootstrap band from 3 seeds. Diverged trials are crosses at the floor of every panel at their
+value of the key, counted in the legend. On the learning-rate figure a ring marks, on each
+line, the value that validation accuracy selects (see ``_tune``); test accuracy selects nothing.
+A value ≤ 0 (λ = 0) cannot sit on a log axis: it is a dashed level in the line's colour.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.lines import Line2D
+
+from ._groups import GAUSS_NEWTON, LINEARISED, PLAIN, Group, diverged_like, groups
+from ._schema import format_value
+from ._stats import mean_band, metric_range, summarise
+from ._style import (
+    NothingToPlot,
+    colour,
+    constant_description,
+    floor_handle,
+    log_axis,
+    log_if_wide,
+    loss_label,
+    mark_floor,
+    pages,
+    paper_style,
+    save,
+    set_title,
+)
+from ._tune import _select
+
+LINES_PER_PAGE = 7
+MIN_VALUES = 3  # a line needs this many distinct values of the key to be a sweep
+PANELS = (
+    ("test_acc", "test accuracy"),
+    ("train_acc", "train accuracy"),
+    ("test_loss", "test"),
+    ("train_loss", "train"),
+    ("acc_gap", "accuracy gap, train − test"),
+    ("loss_gap", "loss gap, test − train"),
+)
+TRAINER_STYLE = {PLAIN: (0, (6, 2, 1, 2)), LINEARISED: "-", GAUSS_NEWTON: (0, (4, 1.5))}
+AXIS_LABEL = {"lr": "learning rate η (log scale)", "damping": "damping λ (log scale)"}
+TITLE_KEYS = ("dataset", "model", "loss", "optimizer", "solver", "total_steps", "batch_size")
+
+
+def sweep_lines(trials: pd.DataFrame, key: str, trainers: Sequence[str]) -> list[Group]:
+    """Groups of `trainers` over every key but `key` and the seed with ≥ MIN_VALUES values."""
+    lines = []
+    for trainer in trainers:
+        for g in groups(trials, trainer, drop=("seed", key)):
+            lost = diverged_like(trials, g, ("seed", key))
+            values = pd.concat([g.trials[key], lost[key]])
+            if pd.to_numeric(values, errors="coerce").nunique() >= MIN_VALUES:
+                label = g.label if g.label != "all trials" else ""
+                k = g.key.get("k", math.nan)
+                if trainer == LINEARISED and "k=" not in label and isinstance(k, float):
+                    label = ", ".join(x for x in (f"K={format_value(k)}", label) if x)
+                name = trainer if len(trainers) > 1 else ""  # one trainer: the title says it
+                text = ", ".join(x for x in (name, label) if x) or "all trials"
+                lines.append(Group(g.key, text, g.trials))
+    return lines
+
+
+def plot_lr(trials: pd.DataFrame, out: str | Path, formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Accuracy, loss and gap against the learning rate: one line per trainer / K."""
+    lines = sweep_lines(trials, "lr", (PLAIN, LINEARISED, GAUSS_NEWTON))
+    if not lines:
+        raise NothingToPlot(f"no trainer / K sweeps the learning rate over ≥ {MIN_VALUES} values")
+    return _plot(trials, lines, "lr", out, formats, "Against the learning rate", selected=True)
+
+
+def plot_damping(
+    trials: pd.DataFrame, out: str | Path, formats: Sequence[str] = ("png",)
+) -> list[Path]:
+    """Gauss-Newton against the damping λ: one line per learning rate (and other config)."""
+    lines = sweep_lines(trials, "damping", (GAUSS_NEWTON,))
+    if not lines or not any((g.trials["damping"] > 0).any() for g in lines):
+        raise NothingToPlot("gauss_newton trials do not sweep the damping λ over positive values")
+    return _plot(trials, lines, "damping", out, formats, "Damped Gauss-Newton against λ")
+
+
+def _plot(trials, lines, key, out, formats, title, selected=False) -> list[Path]:
+    paths: list[Path] = []
+    for page, chunk in enumerate(pages(lines, LINES_PER_PAGE)):
+        with paper_style():
+            fig, axes = plt.subplots(3, 2, figsize=(7.4, 8.4), sharex=True, layout="constrained")
+            everything = pd.concat([g.trials for g in chunk])
+            handles, n_lost, rings = [], 0, 0
+            for i, group in enumerate(chunk):
+                lost = diverged_like(trials, group, ("seed", key))
+                n_lost += len(lost)
+                style = TRAINER_STYLE.get(str(group.key.get("trainer")), "-")
+                for (metric, _), ax in zip(PANELS, axes.flat, strict=True):
+                    if metric in group.trials.columns:
+                        _draw_line(ax, group.trials, key, metric, colour(i), style)
+                    positive = lost[pd.to_numeric(lost[key]) > 0]
+                    mark_floor(ax, positive[key].astype(float), colour(i))
+                if selected:
+                    rings += _ring(axes.flat[0], pd.concat([group.trials, lost]), key, colour(i))
+                text = group.label + (f" ({len(lost)} diverged)" if len(lost) else "")
+                handles.append(Line2D([], [], color=colour(i), marker="o", ms=3.5,
+                                      linestyle=style, label=text))  # fmt: skip
+            values = pd.to_numeric(pd.concat([everything[key], trials[key]]), errors="coerce")
+            for (metric, label), ax in zip(PANELS, axes.flat, strict=True):
+                log_axis(ax, "x", values[values > 0])
+                if metric in ("test_loss", "train_loss"):
+                    ax.set_ylabel(loss_label(label, list(everything.get("loss", []))))
+                    log_if_wide(ax, everything.get(metric, []))
+                else:
+                    ax.set_ylabel(label)
+                if metric.endswith("_acc"):
+                    ax.set_ylim(top=min(ax.get_ylim()[1], 1.005))
+                if metric.endswith("_gap"):
+                    ax.axhline(0.0, color="0.6", linewidth=0.6, zorder=0)
+            for ax in axes[-1]:
+                ax.set_xlabel(AXIS_LABEL.get(key, f"{key} (log scale)"))
+            scope = constant_description(everything, tuple(k for k in TITLE_KEYS if k != key))
+            set_title(fig, title + (f" ({scope})" if scope else ""))
+            handles += _style_handles(chunk, key, n_lost, rings)
+            fig.legend(handles=handles, loc="outside lower center", ncol=2)
+            paths += save(fig, out, formats, page)
+    return paths
+
+
+def _draw_line(ax, trials: pd.DataFrame, key: str, metric: str, c: str, style) -> None:
+    values = pd.to_numeric(trials[key], errors="coerce")
+    positive = trials[values > 0].assign(**{key: values[values > 0]})
+    ax.scatter(positive[key], positive[metric], s=5, color=c, alpha=0.35, linewidths=0)
+    s = summarise(positive, key, metric)
+    ax.plot(s["key"], s["mean"], marker="o", color=c, ms=3.5, linewidth=1.2, linestyle=style)
+    ax.fill_between(s["key"], s["lo"], s["hi"], color=c, alpha=0.18, linewidth=0)
+    mean, _, _ = mean_band(trials.loc[values <= 0, metric], metric_range(metric))
+    if math.isfinite(mean):
+        ax.axhline(mean, color=c, linestyle=(0, (5, 2)), linewidth=1.1)
+
+
+def _ring(ax, cell: pd.DataFrame, key: str, c: str) -> int:
+    """Ring the value validation accuracy selects on this line (none without val_acc)."""
+    if "val_acc" not in cell or cell["val_acc"].isna().all():
+        return 0
+    pick, _ = _select(cell, (key,))
+    if pick is None or pick.empty:
+        return 0
+    ax.scatter([float(pick[key].iloc[0])], [pick["test_acc"].mean()], s=80, facecolors="none",
+               edgecolors=c, linewidths=1.2, zorder=6)  # fmt: skip
+    return 1
+
+
+def _style_handles(chunk: Sequence[Group], key: str, n_lost: int, rings: int) -> list:
+    grey = "0.3"
+    handles = [plt.Rectangle((0, 0), 1, 1, color=grey, alpha=0.25,
+                             label="95% bootstrap CI of the mean (≥ 3 seeds)")]  # fmt: skip
+    if rings:
+        handles.append(Line2D([], [], marker="o", ms=8, mfc="none", mec=grey, linestyle="none",
+                              label=f"{key} selected on validation accuracy"))  # fmt: skip
+    if any((pd.to_numeric(g.trials[key], errors="coerce") <= 0).any() for g in chunk):
+        handles.append(Line2D([], [], color=grey, linestyle=(0, (5, 2)),
+                              label=f"{key} = {format_value(0.0)}"))  # fmt: skip
+    handles.append(floor_handle(f"diverged trial ({n_lost}), at the panel floor"))
+    return handles

@@ -1,0 +1,227 @@
+"""reports: diverged trials as an outcome, duplicates counted once, scheduler-stopped trials,
+bands within the metric's range, thresholds inside the data, the K axis.
+
+Data from ``tests/report_data.py``; each test checks a number, not only that nothing crashed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+import reports
+from reports._style import FLOOR_STEP, FLOOR_Y
+from tests.report_data import INF, Spec, Truth, make_study
+
+KS = (1, 2, 5, 10, 20, 40, 100, INF)
+
+
+def _floor_markers(fig) -> int:
+    """Markers drawn at the panel floor (y is an axes fraction there, stacked upwards)."""
+    floor = FLOOR_Y + FLOOR_STEP * np.arange(6)
+    count = 0
+    for ax in fig.axes:
+        for coll in ax.collections:
+            y = np.asarray(coll.get_offsets()).reshape(-1, 2)[:, 1]
+            count += int(np.isclose(y[:, None], floor[None, :]).any(axis=1).sum())
+    return count
+
+
+def _legend_texts(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+# ---- diverged trials ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def diverging(tmp_path_factory) -> Path:
+    """A K sweep where two extra seeds diverge at K=3 (T=1000)."""
+    return make_study(tmp_path_factory.mktemp("div"),
+                      Spec(study="div", ks=KS, seeds=(0, 1, 2), plain=(), probe=False,
+                           diverged=2))  # fmt: skip
+
+
+def test_a_row_flagged_diverged_makes_the_trial_diverged(diverging: Path, tmp_path: Path):
+    trials_file = diverging / "results" / "trials.parquet"
+    table = pd.read_parquet(trials_file)
+    copy = tmp_path / "div"
+    import shutil
+
+    shutil.copytree(diverging, copy)
+    table.assign(status="TERMINATED").to_parquet(copy / "results" / "trials.parquet")
+    trials = reports.load_trials(copy)
+    assert (trials["exclusion"] == "diverged").sum() == 2  # status says done, the rows say not
+    assert (trials.loc[trials["exclusion"] == "diverged", "k"] == 3).all()
+
+
+def test_a_fit_without_diverged_trials_says_so(diverging: Path):
+    trials = reports.load_trials(diverging)
+    fit = reports.fit_feature_updates(trials, n_boot=0).iloc[0]
+    assert fit["fit_ok"], fit["reason"]
+    assert fit["n_diverged"] == 2 and fit["diverged_k"] == "3"
+    assert "fitted without 2 diverged trials (K = 3)" in fit["reason"]
+    assert fit["n_trials"] == len(KS) * 3  # the diverged are no points
+
+
+def test_diverged_trials_are_marked_on_the_figure_and_counted_in_its_legend(diverging: Path):
+    from reports._groups import groups
+    from reports._plot_updates import _draw
+
+    trials = reports.load_trials(diverging)
+    fits = reports.fit_feature_updates(trials, n_boot=0)
+    fig = _draw(groups(trials, "linearised"), trials, fits)
+    texts = _legend_texts(fig)
+    assert any("diverged trial (2)" in t for t in texts), texts
+    assert any("fitted without 2 diverged" in t for t in texts), texts
+    assert _floor_markers(fig) == 2 * 6  # two trials on each of six panels
+    plt.close(fig)
+
+
+def test_summary_lists_diverged_trials_per_group(diverging: Path, tmp_path: Path):
+    result = reports.write_report(diverging, tmp_path / "out", n_boot=0)
+    text = result.summary.read_text()
+    section = text.split("## Diverged trials and duplicates per group")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| all trials"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:4] == ["2", "3", "100, 101"]  # count, K, seeds
+    assert "div_" in cells[4] and cells[5] == "0"
+    fits_table = text.split("## Fits")[1]
+    assert "diverged (not in fit)" in fits_table and "fitted without 2 diverged" in fits_table
+
+
+# ---- duplicates ----------------------------------------------------------------------------
+def test_duplicates_are_one_trial_not_extra_seeds(tmp_path: Path):
+    study = make_study(tmp_path, Spec(study="dup", ks=(1, 10, 100, INF), seeds=(0,), plain=(),
+                                      probe=True, duplicates=2))  # fmt: skip
+    trials = reports.load_trials(study)
+    copies = trials[trials["exclusion"] == "duplicate"]
+    assert len(copies) == 2  # an exact copy, and K = 2T stored as given (K ≥ T is K=∞)
+    kept = trials.loc[trials["exclusion"] == "", "trial_id"]
+    assert set(copies["duplicate_of"]) <= set(kept)
+    finals = reports.final_metrics(trials)
+    lazy = finals[np.isinf(finals["k"].astype(float))]
+    assert lazy["seeds"].tolist() == [1]  # one seed, not three
+    assert lazy["test_acc_std"].isna().all()  # so no spread to report (was ± 0.0000)
+    fit = reports.fit_feature_updates(trials, n_boot=0).iloc[0]
+    assert fit["n_trials"] == 4
+    rho = reports.measure_correlations(trials)
+    assert rho["n_trials"].tolist() == [4]
+    summary = reports.write_report(study, tmp_path / "out", n_boot=0).summary.read_text()
+    section = summary.split("## Diverged trials and duplicates per group")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| all trials"))
+    assert row.strip("| ").endswith("| 2")  # duplicates dropped, counted per group
+
+
+def test_a_trainer_that_ignores_k_makes_one_trial_at_every_k(tmp_path: Path):
+    study = make_study(tmp_path, Spec(study="plainks", ks=(1, 10, INF), seeds=(0, 1), plain=(),
+                                      probe=False, extra_config={"trainer": "plain"}))  # fmt: skip
+    trials = reports.load_trials(study)
+    assert (trials["exclusion"] == "duplicate").sum() == 4  # 3 K × 2 seeds are 2 trials
+    assert reports.final_metrics(trials)["seeds"].tolist() == [2]
+
+
+def test_provenance_is_no_grouping_key(tmp_path: Path):
+    study = make_study(tmp_path, Spec(study="prov", ks=(1, 10, INF), seeds=(0, 1), plain=(),
+                                      probe=False))  # fmt: skip
+    metrics = reports.load(study)
+    trials = reports.load_trials(study)
+    sha = dict(zip(trials["trial_id"], [f"{i:064x}" for i in range(len(trials))], strict=True))
+    trials = trials.assign(data_sha256=trials["trial_id"].map(sha))
+    from reports._schema import config_keys
+
+    keys = config_keys(trials.columns)
+    assert "data_sha256" not in keys and "val_acc" not in keys and "acc_gap" not in keys
+    assert {"init", "output_scale", "center_output", "val_size", "data_path"} <= set(keys)
+    assert "val_acc" in metrics and len(reports.fit_feature_updates(trials, n_boot=0)) == 1
+
+
+def test_scheduler_stopped_trials_enter_no_curve_and_are_counted(tmp_path: Path):
+    study = make_study(tmp_path, Spec(study="asha", ks=KS, seeds=(0, 1, 2), plain=(),
+                                      probe=False, stopped=3))  # fmt: skip
+    trials = reports.load_trials(study)
+    stopped = trials[trials["status"] == "STOPPED"]
+    assert len(stopped) == 3 and (stopped["exclusion"] == "stopped by the scheduler").all()
+    fit = reports.fit_feature_updates(trials, n_boot=0).iloc[0]
+    assert fit["n_trials"] == len(KS) * 3
+    text = reports.write_report(study, tmp_path / "out", n_boot=0).summary.read_text()
+    header, _, row = text.split("## Trials")[1].strip().splitlines()[:3]
+    cells = dict(zip(header.strip("|").split("|"), row.strip("|").split("|"), strict=True))
+    assert cells[" stopped by the scheduler "].strip() == "3"
+
+
+# ---- statistics ---------------------------------------------------------------------------
+def test_bands_stay_in_the_metric_range_and_need_three_seeds():
+    from reports._stats import mean_band, mean_ci, metric_range, summarise
+
+    near_one = np.array([1.0, 1.0, 1.0, 0.96])
+    assert mean_ci(near_one)[2] > 1.0  # a t-band would leave [0, 1]
+    mean, lo, hi = mean_band(near_one, metric_range("test_acc"))
+    assert 0.0 <= lo <= mean <= hi <= 1.0
+    near_zero = np.array([0.0, 0.0, 0.0, 0.3])
+    assert mean_ci(near_zero)[1] < 0.0
+    assert mean_band(near_zero, metric_range("train_loss"))[1] >= 0.0
+    assert all(math.isnan(v) for v in mean_band(np.array([0.9, 0.95]))[1:])  # two seeds: none
+    frame = pd.DataFrame({"N": [1, 1, 2, 2, 2], "test_acc": [0.9, 0.95, 1.0, 1.0, 0.9]})
+    s = summarise(frame, "N", "test_acc").set_index("key")
+    assert np.isnan(s.loc[1, "lo"]) and s.loc[2, "hi"] <= 1.0
+
+
+def test_training_curve_bands_stay_in_range():
+    from reports._plot_curves import _mean_curve
+
+    rows = pd.DataFrame({"step": [0] * 4 + [10] * 4 + [20] * 2,
+                         "test_acc": [0.1, 0.12, 0.09, 0.5, 1, 1, 1, 0.9, 0.97, 0.99]})  # fmt: skip
+    curve = _mean_curve(rows, "test_acc")
+    assert (curve["hi"].dropna() <= 1.0).all() and (curve["lo"].dropna() >= 0.0).all()
+    assert np.isnan(curve.loc[20, "lo"])  # two seeds report at step 20: no band
+
+
+def test_n90_is_reported_when_the_transition_lies_below_one_update(tmp_path: Path):
+    truth = Truth(n50=0.5, slope=1.0, a_inf=0.80, a_1=0.95, noise=0.002)
+    ks = (1, 10, 100, 250, 500, INF)  # N = 999, 99, 9, 3, 1, 0
+    study = make_study(tmp_path, Spec(study="early", truth=truth, ks=ks, seeds=(0, 1, 2),
+                                      plain=(), probe=False))  # fmt: skip
+    fit = reports.fit_feature_updates(reports.load_trials(study), n_boot=40).iloc[0]
+    assert fit["fit_ok"], fit["reason"]
+    assert math.isnan(fit["n50"]) and fit["n50_param"] < 1  # below the data: not reported
+    assert fit["n90"] == pytest.approx(truth.n_q(0.9), rel=0.35)  # 4.5, inside [1, 999]
+    assert fit["n90_lo"] <= fit["n90"] <= fit["n90_hi"]
+    assert "below the sampled N range" in fit["reason"]
+    from reports._plot_updates import _threshold
+
+    assert _threshold(fit, "n50") == "N₅₀ < 1"
+    assert _threshold(fit, "n90").startswith("N₉₀ = ")
+
+
+def test_a_curve_worse_than_the_mean_prints_no_negative_f():
+    from reports._fit import _no_better_than_mean, short_reason
+
+    y = np.array([0.8, 0.9, 0.8, 0.9, 0.85])
+    why = _no_better_than_mean(y, residual=np.full(5, 0.5))
+    assert "worse than their mean" in why and "F =" not in why
+    why = _no_better_than_mean(y, residual=0.9 * (y - y.mean()))
+    assert "F = " in why and "-" not in why.split("F = ")[1][:2]
+    short = short_reason(why)
+    assert "F =" not in short and not short.endswith("(F")
+
+
+def test_the_top_k_axis_has_no_tick_below_one(tmp_path: Path):
+    from reports._groups import groups
+    from reports._plot_updates import _draw
+
+    study = make_study(tmp_path, Spec(study="kaxis", ks=KS, seeds=(0, 1, 2), plain=(),
+                                      probe=False))  # fmt: skip
+    trials = reports.load_trials(study)
+    fig = _draw(groups(trials, "linearised"), trials, reports.fit_feature_updates(trials, n_boot=0))
+    fig.canvas.draw()
+    secondary = [c for ax in fig.axes for c in ax.child_axes]
+    assert secondary
+    for sec in secondary:
+        lo, hi = sorted(sec.get_xlim())
+        ticks = [t for t in sec.xaxis.get_majorticklocs() if lo <= t <= hi]
+        assert ticks and min(ticks) >= 1, ticks
+    plt.close(fig)
