@@ -1,4 +1,4 @@
-"""``python -m reports STUDY_DIR [STUDY_DIR ...] [--out DIR] [--format png,pdf,svg]``.
+"""``python -m reports STUDY_DIR [STUDY_DIR ...] [--out DIR] [--format png,pdf,svg] [--tune lr]``.
 
 Exit codes: 0 when the report is written (its files are printed on stdout); 2 on bad input,
 with one line on stderr and nothing written.
@@ -39,10 +39,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                         help=f"bootstrap replicates per fit (default: {DEFAULT_BOOTSTRAP}; 0: no CIs)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default: 0)")
+    parser.add_argument("--tune", default="lr", metavar="KEYS",
+                        help="comma-separated keys selected per K on validation accuracy for the "
+                             "tuned view (default: lr; 'none': no tuned view)")  # fmt: skip
+    parser.add_argument("--match-train-loss", type=float, default=None, metavar="LOSS",
+                        help="target train loss of the matched view (default: each group's "
+                             "worst final train loss)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
+    tune = tuple(k.strip() for k in args.tune.split(",") if k.strip() and k.strip() != "none")
     try:  # cheap checks first, before pandas, scipy and matplotlib load
         formats = check_formats(args.format.split(","))
+        if args.match_train_loss is not None and not args.match_train_loss > 0:
+            raise ReportError(f"--match-train-loss must be > 0, got {args.match_train_loss:g}")
         for path in args.study_dirs:
             find_results(Path(path))
     except ReportError as exc:
@@ -58,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_boot=args.bootstrap,
             seed=args.seed,
             progress=None if args.quiet else stderr_progress,
+            tune=tune,
+            match_train_loss=args.match_train_loss,
         )
     except ReportError as exc:
         print(f"python -m reports: {exc}", file=sys.stderr)

@@ -50,7 +50,10 @@ PANELS = (
 )
 TRAINER_STYLE = {PLAIN: (0, (6, 2, 1, 2)), LINEARISED: "-", GAUSS_NEWTON: (0, (4, 1.5))}
 AXIS_LABEL = {"lr": "learning rate η (log scale)", "damping": "damping λ (log scale)"}
-TITLE_KEYS = ("dataset", "model", "loss", "optimizer", "solver", "total_steps", "batch_size")
+TITLE_KEYS = {  # GN ignores the optimizer; other trainers store GN keys at their defaults
+    "lr": ("dataset", "model", "loss", "optimizer", "total_steps", "batch_size"),
+    "damping": ("dataset", "model", "loss", "solver", "total_steps", "batch_size"),
+}
 
 
 def sweep_lines(trials: pd.DataFrame, key: str, trainers: Sequence[str]) -> list[Group]:
@@ -63,7 +66,7 @@ def sweep_lines(trials: pd.DataFrame, key: str, trainers: Sequence[str]) -> list
             if pd.to_numeric(values, errors="coerce").nunique() >= MIN_VALUES:
                 label = g.label if g.label != "all trials" else ""
                 k = g.key.get("k", math.nan)
-                if trainer == LINEARISED and "k=" not in label and isinstance(k, float):
+                if trainer == LINEARISED and "K=" not in label and isinstance(k, float):
                     label = ", ".join(x for x in (f"K={format_value(k)}", label) if x)
                 name = trainer if len(trainers) > 1 else ""  # one trainer: the title says it
                 text = ", ".join(x for x in (name, label) if x) or "all trials"
@@ -124,7 +127,8 @@ def _plot(trials, lines, key, out, formats, title, selected=False) -> list[Path]
                     ax.axhline(0.0, color="0.6", linewidth=0.6, zorder=0)
             for ax in axes[-1]:
                 ax.set_xlabel(AXIS_LABEL.get(key, f"{key} (log scale)"))
-            scope = constant_description(everything, tuple(k for k in TITLE_KEYS if k != key))
+            shown = TITLE_KEYS.get(key, TITLE_KEYS["lr"])
+            scope = constant_description(everything, tuple(k for k in shown if k != key))
             set_title(fig, title + (f" ({scope})" if scope else ""))
             handles += _style_handles(chunk, key, n_lost, rings)
             fig.legend(handles=handles, loc="outside lower center", ncol=2)

@@ -99,5 +99,5 @@ def k_label(k: float) -> str:
 
 def group_label(row: pd.Series | dict, keys: Iterable[str]) -> str:
     """'key=value, key=value' over `keys`; 'all trials' when there are none."""
-    parts = [f"{key}={format_value(row[key])}" for key in keys]
+    parts = [f"{'K' if key == 'k' else key}={format_value(row[key])}" for key in keys]
     return ", ".join(parts) if parts else "all trials"

@@ -100,6 +100,10 @@ def mark_floor(ax, xs: Iterable[float], c, left: Iterable[bool] | None = None,
     trial (N = 0 on a log axis) sits at the left edge. Returns how many were drawn."""
     xs = [float(x) for x in xs]
     left = [False] * len(xs) if left is None else list(left)
+    placed = [(x, 0.0) for x, at_left in zip(xs, left, strict=True) if not at_left]
+    if placed:  # the x range must hold them, though they carry no y value
+        ax.update_datalim(placed, updatey=False)
+        ax.autoscale_view(scaley=False)
     seen: dict[object, int] = {}
     floor = blended_transform_factory(ax.transData, ax.transAxes)
     for x, at_left in zip(xs, left, strict=True):
