@@ -64,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
         "--checkpoint-every", type=int, help="records between trial checkpoints (default 10)"
     )
     p.add_argument("--max-failures", type=int, help="restarts of a crashed trial (default 3)")
+    p.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take over the study lock of a driver on another host that is known to be gone",
+    )
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' logs")
     return p
 
@@ -88,5 +93,6 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         checkpoint_every=args.checkpoint_every,
         max_failures=args.max_failures,
         verbose=args.verbose,
+        break_lock=args.break_lock,
     )
     return args, options

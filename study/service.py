@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from study.cluster import check_reachable, check_resource_values
 from study.errors import StudyError
+from study.lock import Lock, acquire, lock_path, release
 from study.plan import Plan, build_plan, default_num_samples, get_space
 from study.spec import StudySpec, check_same, now_iso
 from study.storage import (
@@ -54,6 +55,7 @@ class StudyOptions:
     checkpoint_every: int | None = None
     max_failures: int | None = None
     verbose: bool = False
+    break_lock: bool = False  # take over a lock held from another host (its driver is gone)
 
 
 @dataclass
@@ -157,7 +159,8 @@ def prepare(options: StudyOptions) -> Prepared:
         raise StudyError("--resume needs --name: the study to continue")
     if options.space:
         get_space(options.space)  # an unknown space is named as such, before the name
-    name = check_name(options.name or options.space or "", "--name")
+    # An explicit empty --name is refused, not silently replaced by the space's name.
+    name = check_name(options.name if options.name is not None else options.space or "", "--name")
     paths = StudyPaths(resolve_storage(options.storage), name)
     if not options.resume:
         check_fresh(paths)
@@ -219,14 +222,41 @@ def run_study(
         check_reachable(options.address)
     from study.cluster import check_resources, check_shared_storage, connect
 
-    connection = connect(options.address, verbose=options.verbose)
+    # The study lock comes first: before Ray starts and before anything else of the study is
+    # written, so two drivers of one study never both run (issue 13, items 1 and 2).
+    held = claim(prepared, options)
     try:
-        spec, paths = prepared.spec, prepared.paths
-        check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
-        check_shared_storage(paths.storage)
-        return _fit(prepared, options, callbacks, out)
+        connection = connect(options.address, verbose=options.verbose)
+        try:
+            spec, paths = prepared.spec, prepared.paths
+            check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
+            check_shared_storage(paths.storage)
+            return _fit(prepared, options, callbacks, out)
+        finally:
+            connection.close()
     finally:
-        connection.close()
+        # A new study refused before it wrote anything leaves no folder behind.
+        release(held, remove_created_dir=True)
+
+
+def claim(prepared: Prepared, options: StudyOptions) -> Lock:
+    """Take the study lock (a new study: create its folder, atomically); StudyError if held or
+    the storage cannot be written."""
+    paths = prepared.paths
+    try:
+        return acquire(
+            paths.storage.fs,
+            paths.experiment,
+            create_dir=not prepared.resume,
+            break_lock=options.break_lock,
+            display=paths.display(lock_path(paths.experiment)),
+        )
+    except OSError as exc:
+        raise StudyError(
+            f"--storage {paths.storage.uri} is not writable "
+            f"({exc.strerror or type(exc).__name__}: {exc.filename or paths.experiment}); "
+            "give a directory this user can write"
+        ) from None
 
 
 def _fit(
