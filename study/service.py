@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.metadata
 import os
 import subprocess
@@ -24,6 +25,7 @@ from study.storage import (
     check_fresh,
     check_name,
     check_resumable,
+    finished_trials,
     read_json,
     resolve_storage,
     trial_statuses,
@@ -74,6 +76,7 @@ class Outcome:
     total: int
     counts: dict[str, int] = field(default_factory=dict)  # status → trials
     wall_s: float = 0.0
+    lost: list[str] = field(default_factory=list)  # finished trials' metrics files not recovered
 
     @property
     def finished(self) -> int:
@@ -81,7 +84,7 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        if self.counts.get("ERROR", 0):
+        if self.counts.get("ERROR", 0) or self.lost:
             return EXIT_ERRORED
         return EXIT_OK if self.finished >= self.total else EXIT_INTERRUPTED
 
@@ -174,6 +177,7 @@ def prepare(options: StudyOptions) -> Prepared:
             f"cannot resume: {paths.display(paths.spec)} is unreadable ({exc})"
         ) from None
     spec = StudySpec.from_json(saved, paths.display(paths.spec))
+    finished_trials(paths)  # a damaged trials.parquet is named now, before anything changes
     given = {f.name: getattr(options, f.name, None) for f in dataclasses.fields(StudySpec)}
     given["overrides"] = parse_overrides(options.overrides)
     if "data_dir" in given["overrides"]:  # remembered as an absolute path
@@ -275,20 +279,62 @@ def _fit(
         flush=True,
     )
     t0 = time.time()
+    lost: list[str] = []
     if prepared.resume:
-        from study.reconcile import reconcile_errored
-
-        reconcile_errored(paths)  # Tune's snapshot may miss a trial's ERROR (Ray race)
+        lost = _prepare_resume(paths, out)
         tuner = restore_tuner(spec, paths, retry_errored=options.retry_errored)
     else:
         write_json_atomic(paths.storage.fs, paths.spec, spec.to_json())
         tuner = build_tuner(spec, plan, paths, callbacks, out=out, estimate_s=_estimate(prepared))
     with no_tensorboard():
-        tuner.fit()
-    outcome = Outcome(paths=paths, total=plan.total_trials, wall_s=time.time() - t0)
+        try:
+            tuner.fit()
+        except Exception as exc:
+            failure = _storage_failure(exc)
+            if failure is None:
+                raise
+            raise StudyError(
+                f"cannot write {failure.filename or paths.display(paths.experiment)}: "
+                f"{failure.strerror}; free space (or fix the storage), then resume with: "
+                f"{resume_command(paths)}"
+            ) from None
+    outcome = Outcome(paths=paths, total=plan.total_trials, wall_s=time.time() - t0, lost=lost)
     outcome.counts = trial_counts(paths)
     _print_summary(outcome, spec, out)
     return outcome
+
+
+def _prepare_resume(paths: StudyPaths, out: TextIO) -> list[str]:
+    """With the lock held, before Tune restores: the snapshot chosen by content and made the
+    only one Tune sees; Tune's view of errored trials corrected; every finished trial's metrics
+    file verified against its checkpoint. Returns the files that could not be recovered."""
+    from study.reconcile import reconcile_errored
+    from study.snapshots import keep_only, prune_driver_staging
+    from study.verify import verify_finished
+
+    chosen = PurePosixPath(check_resumable(paths)).name  # again, now that the study is ours
+    keep_only(paths, chosen)
+    prune_driver_staging(paths.name, chosen)
+    reconcile_errored(paths)  # Tune's snapshot may miss a trial's ERROR (Ray race)
+    rewritten, lost = verify_finished(paths, finished_trials(paths))
+    for path in rewritten:
+        print(f"rewrote {path} from its trial's last checkpoint", file=out, flush=True)
+    return lost
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO}
+
+
+def _storage_failure(exc: BaseException) -> OSError | None:
+    """The storage error (disk full, quota, read-only, I/O) behind `exc`, if that is its cause:
+    Tune raises a driver callback's error as it is or wrapped, so the chain is searched."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _estimate(prepared: Prepared) -> float | None:
@@ -319,6 +365,8 @@ def _print_summary(outcome: Outcome, spec: StudySpec, out: TextIO) -> None:
     )
     print(f"metrics: {paths.display(paths.metrics)}/  (one row per trial and step)", file=out)
     print(f"trials:  {paths.display(paths.trials)}", file=out)
+    for path in outcome.lost:
+        print(f"lost:    {path} (missing or unreadable, and its checkpoint is gone)", file=out)
     if outcome.exit_code == EXIT_INTERRUPTED:
         print(f"interrupted; continue with: {resume_command(paths)}", file=out)
     elif outcome.exit_code == EXIT_ERRORED:

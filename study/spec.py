@@ -35,6 +35,11 @@ class StudySpec:
 
     @classmethod
     def from_json(cls, payload: dict[str, Any], where: str) -> StudySpec:
+        if not isinstance(payload, dict):
+            raise StudyError(
+                f"{where} is not a study description (a JSON {type(payload).__name__}, "
+                "not an object); the study cannot be resumed"
+            )
         if payload.get("format") != FORMAT:
             raise StudyError(f"{where}: unknown study format {payload.get('format')!r}")
         known = {f.name for f in dataclasses.fields(cls)}

@@ -87,6 +87,11 @@ def resolve_storage(storage: str) -> Storage:
     return Storage(uri=root, fs=pafs.LocalFileSystem(), root=root)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class StudyPaths:
     """The files of one study, all under `<storage>/<name>/`."""
@@ -214,19 +219,40 @@ def experiment_files(paths: StudyPaths) -> list[str]:
 
 
 def newest_state(paths: StudyPaths) -> str | None:
-    """The experiment snapshot Tune restores from (the newest name), or None."""
-    states = [n for n in experiment_files(paths) if STATE_PATTERN.match(n)]
-    return str(PurePosixPath(paths.experiment, states[-1])) if states else None
+    """The experiment snapshot a resume continues from (chosen by content: study.snapshots)."""
+    from study.snapshots import choose
+
+    chosen = choose(paths)
+    return str(PurePosixPath(paths.experiment, chosen)) if chosen else None
+
+
+def read_trials(paths: StudyPaths, columns: list[str]) -> dict[str, list[Any]]:
+    """Columns of the study's trials.parquet (empty if it is not written yet); StudyError
+    naming the file when it is damaged (truncated, garbage, empty, wrong columns)."""
+    fs = paths.storage.fs
+    if fs.get_file_info(paths.trials).type == pafs.FileType.NotFound:
+        return {c: [] for c in columns}
+    try:
+        with fs.open_input_file(paths.trials) as f:
+            return pq.read_table(io.BytesIO(f.read()), columns=columns).to_pydict()
+    except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
+        raise StudyError(
+            f"cannot resume: {paths.display(paths.trials)} is unreadable ({_first_line(exc)}); "
+            "move it away and resume again: the driver rewrites it from Ray Tune's state"
+        ) from None
 
 
 def trial_statuses(paths: StudyPaths) -> dict[str, str]:
     """trial_id → status from the study's trials.parquet (empty if it is not written yet)."""
-    fs = paths.storage.fs
-    if fs.get_file_info(paths.trials).size is None:
-        return {}
-    with fs.open_input_file(paths.trials) as f:
-        columns = pq.read_table(f, columns=["trial_id", "status"]).to_pydict()
+    columns = read_trials(paths, ["trial_id", "status"])
     return dict(zip(columns["trial_id"], columns["status"], strict=True))
+
+
+def finished_trials(paths: StudyPaths) -> dict[str, str | None]:
+    """trial_id → Tune's folder of the trial, for trials that finished (TERMINATED, DIVERGED)."""
+    columns = read_trials(paths, ["trial_id", "status", "logdir"])
+    rows = zip(columns["trial_id"], columns["status"], columns["logdir"], strict=True)
+    return {t: logdir for t, status, logdir in rows if status in ("TERMINATED", "DIVERGED")}
 
 
 def check_resumable(paths: StudyPaths) -> str:
@@ -257,7 +283,10 @@ def check_resumable(paths: StudyPaths) -> str:
             "(the study was stopped before Ray Tune saved it); "
             f"delete {paths.display(paths.experiment)} to start over"
         )
-    newest = str(PurePosixPath(paths.experiment, states[-1]))  # Tune takes the newest name
+    from study.snapshots import choose, session_of
+
+    chosen = choose(paths, names)  # by content, not Tune's newest name (RAY_NOTES trap 10)
+    newest = str(PurePosixPath(paths.experiment, chosen))
     try:
         raw = _read(fs, newest)
         state = json.loads(raw) if raw.strip() else None
@@ -267,10 +296,14 @@ def check_resumable(paths: StudyPaths) -> str:
     except (OSError, ValueError) as exc:
         raise _unreadable(paths, "the experiment state " + paths.display(newest), exc) from None
     _check_pickle(paths, str(PurePosixPath(paths.experiment, TUNER_FILE)))
+    session = session_of(chosen)
     for pattern in RESUME_PICKLES:
+        # The chosen session's own file when there is one: the others are deleted before Tune
+        # restores (study.snapshots.keep_only).
         matching = [n for n in names if pattern.match(n)]
-        if matching:
-            _check_pickle(paths, str(PurePosixPath(paths.experiment, matching[-1])))
+        own = [n for n in matching if session_of(n) == session]
+        if own or matching:
+            _check_pickle(paths, str(PurePosixPath(paths.experiment, (own or matching)[-1])))
     return newest
 
 

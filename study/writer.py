@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import platform
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import pyarrow.parquet as pq
 from ray.tune import Callback
 
 from study.results import (
@@ -14,11 +17,15 @@ from study.results import (
     TRIALS_SCHEMA,
     config_columns,
     metric_columns,
+    metrics_file,
     table,
     utc,
+    write_trial_metrics,
 )
 from study.storage import remove_stale_tmp, results_dir, write_parquet_atomic
 from trainables import TrialConfig
+
+_PROVENANCE = ("attempt", "device", "node", "ilstudy_version", "torch_version")
 
 
 def trial_status(trial: Any) -> str:
@@ -52,6 +59,10 @@ class TrialsWriter(Callback):
         self._finished_at: dict[str, float] = {}
         self._last_write = 0.0
         self._dirty = True
+        # trial_id → step → the trial's reported result, kept by the driver because a trial
+        # writes its own metrics file only at checkpoints: an errored trial's later rows
+        # would otherwise exist only in Tune's logs.
+        self._reported: dict[str, dict[int, dict[str, Any]]] = {}
 
     # ---- Tune hooks ---------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -59,13 +70,17 @@ class TrialsWriter(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
         self._dirty = True
+        if "step" in result:
+            self._reported.setdefault(trial.trial_id, {})[int(result["step"])] = dict(result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finished_at[trial.trial_id] = time.time()
+        self._reported.pop(trial.trial_id, None)  # the trial wrote its file itself
         self._write(trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finished_at[trial.trial_id] = time.time()
+        self._store_reported(trial)
         self._write(trials)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -77,6 +92,11 @@ class TrialsWriter(Callback):
         if trials:
             fs = trials[0].storage.storage_filesystem
             remove_stale_tmp(fs, results_dir(trials[0].storage.experiment_fs_path) + "/metrics")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # tuner.pkl holds this callback as it was created; later attributes get defaults.
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_reported", {})
 
     def get_state(self) -> dict[str, Any]:
         return {"finished_at": dict(self._finished_at)}
@@ -93,6 +113,37 @@ class TrialsWriter(Callback):
         rows = [self.row(t) for t in sorted(trials, key=lambda t: t.trial_id)]
         write_parquet_atomic(storage.storage_filesystem, path, table(rows, TRIALS_SCHEMA))
         self._last_write, self._dirty = time.time(), False
+
+    def _store_reported(self, trial: Any) -> None:
+        """Add the errored trial's reported rows that its metrics file lacks (issue 13, item 5):
+        what ran before the error stays analysable; the trial's status in trials.parquet is
+        ERROR. A retry rewrites the file from its checkpoint onwards, as any restore does."""
+        reported = self._reported.pop(trial.trial_id, {})
+        if not reported:
+            return
+        storage = trial.storage
+        fs, results = storage.storage_filesystem, results_dir(storage.experiment_fs_path)
+        config = config_columns(_config_keys(trial.config))
+        stored: list[dict[str, Any]] = []
+        path = metrics_file(results, trial.trial_id)
+        # Missing or unreadable: the reported rows alone.
+        with contextlib.suppress(Exception), fs.open_input_file(path) as f:
+            stored = pq.read_table(io.BytesIO(f.read())).to_pylist()
+        have = {int(r["step"]) for r in stored}
+        extra = [
+            {
+                "study": self.study,
+                "trial_id": trial.trial_id,
+                **config,
+                **metric_columns(result),
+                **{k: result.get(k) for k in _PROVENANCE},
+                "reported_at": utc(result.get("reported_at")),
+            }
+            for step, result in sorted(reported.items())
+            if step not in have
+        ]
+        if extra:
+            write_trial_metrics(fs, results, trial.trial_id, [*stored, *extra])
 
     def row(self, trial: Any) -> dict[str, Any]:
         """One trials.parquet row from Tune's view of the trial."""

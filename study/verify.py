@@ -1,0 +1,96 @@
+"""On resume: every finished trial's metrics file is checked against its last checkpoint.
+
+A finished trial (TERMINATED or DIVERGED in trials.parquet) never runs again, so nothing else
+would notice its `results/metrics/<trial_id>.parquet` missing, truncated or overwritten. Its
+final checkpoint holds the same rows (`rows.parquet`, written by trainables.ray_trainable),
+so a file that is unreadable or holds other (trial, step) rows is rewritten from there. A file
+that is bad and whose checkpoint is gone too cannot be recovered: the resume names it, runs
+the rest, and exits 1.
+
+This reads Tune's on-disk layout of a trial folder (`checkpoint_<index>/`): Tune's public API
+gives a trial's checkpoints only inside the running trial, not to the driver before `fit()`.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import PurePosixPath
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from study.results import METRICS_SCHEMA, metrics_file, table, unique_by_step
+from study.storage import StudyPaths, write_parquet_atomic
+
+FINISHED = ("TERMINATED", "DIVERGED")
+ROWS_FILE = "rows.parquet"  # trainables.ray_trainable._ROWS_FILE
+
+
+def _read_table(fs: pafs.FileSystem, path: str) -> pa.Table | None:
+    try:
+        with fs.open_input_file(path) as f:
+            return pq.read_table(io.BytesIO(f.read()))
+    except (OSError, pa.ArrowException, ValueError):
+        return None
+
+
+def _steps(t: pa.Table) -> list[tuple[str, int]]:
+    return sorted(zip(t.column("trial_id").to_pylist(), t.column("step").to_pylist(), strict=True))
+
+
+def checkpoint_rows(fs: pafs.FileSystem, trial_dir: str) -> pa.Table | None:
+    """The rows of the trial's most complete checkpoint (most steps), unique per step."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(trial_dir))
+    except (OSError, pa.ArrowException):
+        return None
+    best = None
+    for info in infos:
+        name = PurePosixPath(info.path).name
+        if info.type != pafs.FileType.Directory or not name.startswith("checkpoint_"):
+            continue
+        rows = _read_table(fs, str(PurePosixPath(info.path, ROWS_FILE)))
+        if rows is None or "step" not in rows.column_names:
+            continue
+        rows = table(unique_by_step(rows.to_pylist()), METRICS_SCHEMA)
+        if best is None or rows.num_rows > best.num_rows:
+            best = rows
+    return best
+
+
+def verify_finished(
+    paths: StudyPaths, finished: dict[str, str | None]
+) -> tuple[list[str], list[str]]:
+    """Check the metrics files of `finished` (trial_id → its folder name in the study).
+
+    Returns (rewritten, lost): files rewritten from their checkpoints, and files that are
+    missing or unreadable with no checkpoint left to rebuild them from. An unreadable lost
+    file is renamed to a hidden `.<name>.damaged` beside it, so that readers of the metrics
+    folder (which skip dotfiles) still work; the caller reports the lost ones (exit 1).
+    """
+    fs = paths.storage.fs
+    rewritten: list[str] = []
+    lost: list[str] = []
+    for trial_id, logdir in sorted(finished.items()):
+        path = metrics_file(paths.results, trial_id)
+        stored = _read_table(fs, path)
+        saved = (
+            checkpoint_rows(fs, str(PurePosixPath(paths.experiment, logdir))) if logdir else None
+        )
+        if saved is None:
+            if stored is None or "step" not in stored.column_names:
+                lost.append(paths.display(path))
+                if fs.get_file_info(path).type == pafs.FileType.File:
+                    name = PurePosixPath(path)
+                    fs.move(path, str(name.with_name(f".{name.name}.damaged")))
+            continue  # a readable file with no checkpoint to compare: kept as it is
+        ok = (
+            stored is not None
+            and stored.schema.names == saved.schema.names
+            and _steps(stored) == _steps(saved)
+        )
+        if not ok:
+            write_parquet_atomic(fs, path, saved)
+            rewritten.append(paths.display(path))
+    return rewritten, lost
