@@ -54,14 +54,44 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Fail fast (seconds, not minutes) when nothing listens at the cluster address."""
     host, port = parse_address(address)
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            speaks_grpc = _answers_http2(conn, timeout)
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
         raise StudyError(
             f"--address {address}: cannot reach a Ray cluster there ({reason} within "
             f"{timeout:.0f} s); start one with `ray start --head --port={port}` or fix the address"
         ) from None
+    if not speaks_grpc:
+        # Before, `ray.init` retried against such a port for ever (and ignored SIGTERM).
+        raise StudyError(
+            f"--address {address}: something listens there but it is not a Ray cluster's GCS "
+            "(it does not speak gRPC); give the address `ray start --head` printed"
+        )
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type SETTINGS
+
+
+def _answers_http2(conn: socket.socket, timeout: float) -> bool:
+    """Whether the server answers an HTTP/2 connection preface with a SETTINGS frame, as
+    Ray's GCS (a gRPC server) does before any call or auth; an HTTP/1 server, or a silent
+    one, does not. TLS clusters (RAY_USE_TLS) expect a TLS handshake first: not probed."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return True
+    conn.settimeout(timeout)
+    try:
+        conn.sendall(_HTTP2_PREFACE + _EMPTY_SETTINGS)
+        header = b""
+        while len(header) < 9:
+            chunk = conn.recv(9 - len(header))
+            if not chunk:
+                break
+            header += chunk
+    except OSError:
+        return False
+    return len(header) == 9 and header[3] == 0x04
 
 
 @dataclass
@@ -184,6 +214,13 @@ def check_resource_values(cpus_per_trial: float, gpus_per_trial: float) -> None:
         )
     if not (math.isfinite(gpus_per_trial) and gpus_per_trial >= 0):
         raise StudyError(f"--gpus-per-trial {gpus_per_trial:g}: must be a number >= 0, e.g. 0.25")
+    for flag, value in (("--cpus-per-trial", cpus_per_trial), ("--gpus-per-trial", gpus_per_trial)):
+        # Ray keeps resource quantities in units of 0.0001 and rejects finer ones with a
+        # traceback once the study exists.
+        if abs(value * 10_000 - round(value * 10_000)) > 1e-6:
+            raise StudyError(
+                f"{flag} {value:g}: Ray's resolution is 0.0001; use at most 4 decimal places"
+            )
     if gpus_per_trial > 1 and not float(gpus_per_trial).is_integer():
         raise StudyError(
             f"--gpus-per-trial {gpus_per_trial:g}: a fraction must be < 1; "

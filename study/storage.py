@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import threading
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -31,6 +34,11 @@ RESUME_PICKLES = (
     re.compile(r"^callback-states-.*\.pkl$"),
 )
 TUNER_FILE = "tuner.pkl"  # Tune's restore entry point
+# URI schemes a study may use: pyarrow.fs opens them and Tune can store an experiment there
+# (pyarrow's mock:// is an in-process test filesystem that other processes cannot see).
+URI_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+STORAGE_TIMEOUT_S = 15.0  # opening and reaching a storage URI
+T = TypeVar("T")
 
 
 def check_name(name: str, what: str = "--name") -> str:
@@ -63,15 +71,28 @@ def resolve_storage(storage: str) -> Storage:
             "--storage is empty: give a directory or a URI such as s3://bucket/studies"
         )
     if "://" in storage:
+        scheme = storage.split("://", 1)[0].lower()
+        if scheme not in URI_SCHEMES:
+            raise StudyError(
+                f"--storage {storage!r}: scheme {scheme!r} is not supported; allowed: a local "
+                f"directory or a URI with {', '.join(s + '://' for s in URI_SCHEMES)}"
+            )
         try:
-            fs, root = pafs.FileSystem.from_uri(storage)
+            fs, root = _bounded(lambda: pafs.FileSystem.from_uri(storage), storage)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
             raise StudyError(
-                f"--storage {storage!r} is not a usable URI ({exc}); allowed: a local "
-                "directory or a URI pyarrow.fs understands (file://, s3://, gs://, hdfs://)"
+                f"--storage {storage!r} is not a usable URI ({_first_line(exc)}); allowed: a "
+                f"local directory or a URI with {', '.join(s + '://' for s in URI_SCHEMES)}"
             ) from None
         if fs.type_name == "local":
             return Storage(uri=os.path.abspath(root), fs=fs, root=os.path.abspath(root))
+        try:  # reach the store now, within a time bound: offline it would hang for minutes
+            _bounded(lambda: fs.get_file_info(root.rstrip("/") or "/"), storage)
+        except OSError as exc:
+            raise StudyError(
+                f"--storage {storage!r} cannot be reached ({_first_line(exc)}); check the "
+                "network and credentials"
+            ) from None
         return Storage(uri=storage.rstrip("/"), fs=fs, root=root.rstrip("/"))
     root = os.path.abspath(os.path.expanduser(storage))
     if os.path.exists(root) and not os.path.isdir(root):
@@ -90,6 +111,51 @@ def resolve_storage(storage: str) -> Storage:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null: libhdfs's JVM writes its logging there directly."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _bounded(fn: Callable[[], T], storage: str) -> T:
+    """`fn()` within STORAGE_TIMEOUT_S, quietly; StudyError if it does not return in time.
+
+    The call runs in a daemon thread, which is left behind on a timeout (pyarrow's calls
+    cannot be cancelled); the CLI exits right after the error.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller
+            box["error"] = exc
+
+    with _quiet_stderr():
+        thread = threading.Thread(target=target, name="storage check", daemon=True)
+        thread.start()
+        thread.join(STORAGE_TIMEOUT_S)
+    if thread.is_alive():
+        raise StudyError(
+            f"--storage {storage!r} did not answer within {STORAGE_TIMEOUT_S:.0f} s; check the "
+            "network, the credentials and the URI"
+        )
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -98,7 +99,8 @@ def test_multi_node_storage_must_exist_and_be_seen_by_every_node(
     with pytest.raises(StudyError, match=r"is not shared: node\(s\) 10.0.0.2/bbbbbbbb"):
         cluster.check_shared_storage(resolve_storage(str(tmp_path)))
     assert seen and not Path(seen[0]).exists()  # the probe file is removed again
-    cluster.check_shared_storage(resolve_storage("mock:///studies"))  # URIs are shared
+    mock = pafs.FileSystem.from_uri("mock:///studies")[0]  # a non-local filesystem
+    cluster.check_shared_storage(storage_module.Storage("mock:///studies", mock, "studies"))
 
 
 def test_a_single_node_needs_no_shared_storage(
