@@ -219,3 +219,75 @@ def test_a_diverging_trial_is_flagged_and_the_others_are_unaffected(
     assert trials.loc[0.01, "step"] == TOTAL and trials.loc[0.01, "train_loss"] < 10
     metrics = _check_exact(experiment, {"TERMINATED", "DIVERGED"})
     assert not metrics.loc[metrics["lr"] == 0.01, "diverged"].any()
+
+
+def test_a_killed_driver_loses_no_checkpointed_work(
+    ray_session: Any, storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13, item 6. The driver is SIGKILLed right after a trial's first checkpoint, before
+    Tune's next experiment snapshot records it (snapshots made rare here). Before the fix the
+    restored trial started again from step 0; now it continues from that checkpoint."""
+    address = ray_session.get_runtime_context().gcs_address
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "600")  # the snapshot: at the start only
+    argv = ["--space", "smoke", "--storage", str(storage), "--max-concurrent", "1",
+            "--checkpoint-every", "2", "--set", "total_steps=400", "--set", "eval_every=50"]  # fmt: skip
+    log = tmp_path / "driver.log"
+    driver = _driver(argv, log, address)
+    experiment = storage / "smoke"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "no checkpoint to kill the driver after"
+            found = [
+                c
+                for c in experiment.glob("ilstudy_trial_*/checkpoint_*")
+                if (c / "state.pt").exists() and (c / "rows.parquet").exists()
+            ]
+            if found:
+                break
+            time.sleep(0.005)
+    finally:
+        _kill_group(driver)
+    trial_dir = found[0].parent
+    assert _valid_state(experiment) is not None
+    # Tune's snapshot names a checkpoint it knows in a result or its cloudpickled manager.
+    state = sorted(experiment.glob("experiment_state-*.json"))[-1].read_text()
+    assert "checkpoint_0" not in state and b"checkpoint_0".hex() not in state, (
+        "too late: the snapshot already records the checkpoint"
+    )
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0.1")
+    out = io.StringIO()
+    again = run_study(StudyOptions(resume=True, name="smoke", storage=str(storage)), out=out)
+    assert again.exit_code == 0, out.getvalue()
+    metrics = pd.read_parquet(experiment / "results" / "metrics")
+    assert not metrics.duplicated(["trial_id", "step"]).any()
+    trials = pd.read_parquet(experiment / "results" / "trials.parquet").set_index("logdir")
+    rows = metrics[metrics["trial_id"] == trials.loc[trial_dir.name, "trial_id"]]
+    assert sorted(rows["step"]) == list(range(0, 401, 50))
+    first = rows[rows["attempt"] == 0]["step"]
+    assert set(rows["attempt"]) == {0, 1}, rows[["step", "attempt"]]  # continued, not redone
+    assert sorted(first) == [0, 50]  # the 2 records of the first checkpoint
+
+
+def test_checkpoint_staging_folders_of_dead_trials_are_removed(tmp_path: Path) -> None:
+    """Issue 13, "Also": `ilstudy-ckpt-*` folders of a trial process killed mid-checkpoint
+    stayed in the temp dir for ever. A live process's folder is kept."""
+    from trainables.ray_trainable import remove_stale_checkpoint_dirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"ilstudy-ckpt-{dead.pid}-abc123").mkdir()
+    (tmp_path / f"ilstudy-ckpt-{dead.pid}-abc123" / "state.pt").write_bytes(b"x" * 1000)
+    (tmp_path / f"ilstudy-ckpt-{os.getpid()}-def456").mkdir()
+    old = tmp_path / "ilstudy-ckpt-oldstyle"  # an older version's name: no pid
+    old.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    (tmp_path / "unrelated").mkdir()
+    removed = remove_stale_checkpoint_dirs(str(tmp_path))
+    assert sorted(removed) == sorted(["ilstudy-ckpt-oldstyle", f"ilstudy-ckpt-{dead.pid}-abc123"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"ilstudy-ckpt-{os.getpid()}-def456",
+        "unrelated",
+    ]

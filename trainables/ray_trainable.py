@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 TRAINABLE_NAME = "ilstudy_trial"  # stable: Tuner.restore finds the trainable by this name
 _STATE_FILE = "state.pt"  # torch.save of {"trial": Trial.state_dict(), "adapter": {...}}
 _ROWS_FILE = "rows.parquet"  # the trial's metrics rows up to this checkpoint
+_CKPT_PREFIX = "ilstudy-ckpt-"  # + "<pid>-": a checkpoint's staging folder in the temp dir
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,118 @@ def _results_location() -> tuple[Any, str]:
     return storage.storage_filesystem, results_dir(storage.experiment_fs_path)
 
 
+def _trial_checkpoints() -> list[Any]:
+    """Every checkpoint folder of this trial on storage, as `tune.Checkpoint`s.
+
+    Tune hands a restored trial the checkpoint its last experiment snapshot recorded, which
+    can be older than the trial's newest checkpoint on storage: a checkpoint counts only after
+    the next snapshot (RAY_NOTES trap 12), so a driver killed in between made the trial redo
+    that work. The trial folder comes from Ray's private storage context (as in
+    `_results_location`): the public API gives no checkpoint but the snapshot's.
+    """
+    import pyarrow.fs as pafs
+    from ray import tune
+    from ray.train._internal.session import get_storage
+
+    try:
+        storage = get_storage()
+        fs, folder = storage.storage_filesystem, storage.trial_fs_path
+        infos = fs.get_file_info(pafs.FileSelector(folder))
+    except Exception:
+        return []
+    return [
+        tune.Checkpoint(info.path, filesystem=fs)
+        for info in infos
+        if info.type == pafs.FileType.Directory
+        and os.path.basename(info.path).startswith("checkpoint_")
+    ]
+
+
+def _restore(given: Any, device: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """(state, rows) of the most advanced usable checkpoint: Tune's own, or a newer one of this
+    trial's on storage (see `_trial_checkpoints`); None to start from scratch.
+
+    "Most advanced" is by content, the number of distinct steps in the checkpoint's rows, not
+    by folder index: after such a restore Tune numbers the next checkpoints from the
+    snapshot's count again, so an index can hold older work than a lower one. A checkpoint
+    whose files do not load (a kill mid-upload) is skipped.
+    """
+    import torch
+
+    ranked = []
+    for order, checkpoint in enumerate(
+        [c for c in [given] if c is not None] + _trial_checkpoints()
+    ):
+        try:
+            with checkpoint.as_directory() as directory:
+                steps = pq.read_table(os.path.join(directory, _ROWS_FILE), columns=["step"])
+            ranked.append((len(set(steps.column("step").to_pylist())), -order, checkpoint))
+        except Exception:
+            continue
+    for _, _, checkpoint in sorted(ranked, key=lambda r: r[:2], reverse=True):
+        try:
+            with checkpoint.as_directory() as directory:
+                saved = torch.load(
+                    os.path.join(directory, _STATE_FILE), map_location=device, weights_only=False
+                )
+                rows = pq.read_table(os.path.join(directory, _ROWS_FILE)).to_pylist()
+        except Exception:
+            if checkpoint is given and len(ranked) == 1:
+                raise  # Tune's own checkpoint and nothing else: its error is the trial's
+            continue
+        return saved, rows
+    return None
+
+
 def _node() -> str:
     import ray
 
     return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+
+
+def remove_stale_checkpoint_dirs(root: str | None = None) -> list[str]:
+    """Delete checkpoint staging folders of trial processes that died mid-checkpoint.
+
+    Each folder is named `ilstudy-ckpt-<pid>-…` after the process that made it; one whose
+    process no longer runs is left over from a kill (`TemporaryDirectory` cleans up only on a
+    normal exit). Another trial's live folder is never touched. Returns the folders removed.
+    """
+    import shutil
+
+    root = root or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(_CKPT_PREFIX):
+            continue
+        pid_text = name[len(_CKPT_PREFIX) :].split("-", 1)[0]
+        if pid_text.isdigit() and _alive(int(pid_text)):
+            continue  # a live trial's
+        if not pid_text.isdigit() and time.time() - _mtime(os.path.join(root, name)) < 3600:
+            continue  # older versions' folders carry no pid: removed once clearly abandoned
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return time.time()
 
 
 def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
@@ -92,13 +201,9 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
     trial = Trial(config, device=device)
     rows: list[dict[str, Any]] = []
     meta = {"attempt": 0, "started_at": entered_at, "wall_s": 0.0}
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            saved = torch.load(
-                os.path.join(directory, _STATE_FILE), map_location=device, weights_only=False
-            )
-            rows = pq.read_table(os.path.join(directory, _ROWS_FILE)).to_pylist()
+    restored = _restore(tune.get_checkpoint(), device)
+    if restored is not None:
+        saved, rows = restored
         trial.load_state_dict(saved["trial"])
         meta = dict(saved["adapter"], attempt=saved["adapter"]["attempt"] + 1)
     attempt_t0 = entered_at
@@ -128,8 +233,10 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
             torch_version=str(torch.__version__),
         )
 
+    remove_stale_checkpoint_dirs()
+
     def report_with_checkpoint() -> None:
-        with tempfile.TemporaryDirectory(prefix="ilstudy-ckpt-") as directory:
+        with tempfile.TemporaryDirectory(prefix=f"{_CKPT_PREFIX}{os.getpid()}-") as directory:
             torch.save(
                 {"trial": trial.state_dict(), "adapter": dict(meta)},
                 os.path.join(directory, _STATE_FILE),
