@@ -187,8 +187,10 @@ def _draw(chunk: Sequence[Group], trials: pd.DataFrame, fits: pd.DataFrame, note
             _draw_group(ax, group, borrowed[i], metric, colour(i), fitted)
             _draw_plain(ax, plain[i], metric, colour(i), plain_styles)
             _draw_diverged(ax, lost[i], colour(i))
-        group_handles.append(Line2D([], [], color=colour(i), marker="o", ms=4,
-                                    label=_legend(group, fit, fits, len(lost[i]))))  # fmt: skip
+        text = _legend(group, fit, fits, len(lost[i]))
+        if note and text.startswith("all trials:"):  # the tuned view's one group: say what it is
+            text = note + text[len("all trials") :]
+        group_handles.append(Line2D([], [], color=colour(i), marker="o", ms=4, label=text))
     everything = pd.concat([g.trials for g in chunk])
     for (metric, label), ax in zip(PANELS, axes.flat, strict=True):
         log_axis(ax, "x", n_updates(everything))

@@ -89,7 +89,7 @@ def write_report(
     from ._plot_sweep import plot_damping, plot_lr
     from ._plot_updates import plot_feature_updates
     from ._summary import render_summary
-    from ._tune import TUNED, tune_on_validation
+    from ._tune import tune_on_validation
 
     tuning = tune_on_validation(data.trials, tuple(tune)) if tune else None
     tuned = tuning.trials if tuning is not None and not tuning.refused else None
@@ -104,7 +104,7 @@ def write_report(
     result = ReportResult(out=out_dir, fits=fits, selected=selected)
     say(f"drawing figures into {out_dir}…")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tuned_note = f"{', '.join(tune)} {TUNED} per K"
+    tuned_note = f"{', '.join(tune)} selected per K on validation"
     matched_view = tuned if tuned is not None and len(tuned) else data.trials
     matched_note = tuned_note if matched_view is tuned else ""
     figures: dict[str, Callable[[Path], list[Path]]] = {

@@ -24,6 +24,7 @@ from matplotlib.transforms import blended_transform_factory
 from ._config import DPI, FORMATS
 from ._errors import NothingToPlot
 from ._schema import format_value
+from ._tune import TUNED
 
 __all__ = ["NothingToPlot"]  # re-exported: every figure module raises it from here
 
@@ -175,6 +176,8 @@ def constant_description(frame: pd.DataFrame, keys: Sequence[str]) -> str:
     for key in keys:
         if key in frame.columns and frame[key].nunique(dropna=False) == 1:
             value = frame[key].iloc[0]
+            if value == TUNED:  # chosen per K: the figure's note says how, not a value
+                continue
             text = format_value(value)
             parts.append(text if key in bare else f"{_short(key)}={text}")
     return ", ".join(parts)
