@@ -6,14 +6,23 @@ Exit codes: 0 every trial finished (diverged included), 1 some trial errored,
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from study.errors import StudyError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+
+    with _exit_on_sigterm():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from study.cli import parse_args
     from study.service import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 
@@ -34,6 +43,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # outside Tune's own graceful stop (e.g. while Ray starts)
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises SystemExit, so `finally` blocks run (the study lock is released) also
+    before `ray.init`, which installs the same kind of handler itself; restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _is_loopback(address: str) -> bool:

@@ -207,3 +207,26 @@ def test_a_second_resume_of_a_live_study_is_refused_naming_the_holder(
     metrics = _check_exact(experiment)  # Tune's last results agree with ours; no duplicates
     assert sorted(metrics.groupby("trial_id").size()) == [5, 5, 5, 5]
     assert not (experiment / lock.LOCK_FILE).exists()
+
+
+@pytest.mark.ray
+def test_sigterm_releases_the_lock(ray_session: Any, storage: Path, tmp_path: Path) -> None:
+    """A driver stopped with SIGTERM mid-study leaves no lock behind (SIGKILL does: stale)."""
+    address = ray_session.get_runtime_context().gcs_address
+    log = tmp_path / "driver.log"
+    argv = ["--space", "smoke", "--storage", str(storage), "--set", "total_steps=4000"]
+    driver = _driver(argv, log, address)
+    path = storage / "smoke" / lock.LOCK_FILE
+    try:
+        deadline = time.time() + 120
+        while not list((storage / "smoke").glob("ilstudy_trial_*/result.json")):
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        assert lock.read_holder(str(path))["pid"] == driver.pid
+        driver.send_signal(signal.SIGTERM)
+        driver.wait(timeout=60)
+    finally:
+        _kill_group(driver)
+    assert not path.exists(), log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
