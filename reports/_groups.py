@@ -138,9 +138,10 @@ def is_lazy(trials: pd.DataFrame) -> pd.Series:
 
 def is_sgd_limit(trials: pd.DataFrame) -> pd.Series:
     """K=1 reference trials: linearised trials that moved θ_s before every step but the first
-    (N = T − 1), i.e. SGD."""
+    (N = T − 1), i.e. SGD; and plain-trainer trials, which are that training itself (they
+    enter a group only as a borrowed level, see ``borrowed_references``)."""
     every_step = n_updates(trials) >= trials["total_steps"].astype(float) - 1
-    return (trials["trainer"] == LINEARISED) & every_step
+    return ((trials["trainer"] == LINEARISED) & every_step) | (trials["trainer"] == PLAIN)
 
 
 def groups(
@@ -181,11 +182,16 @@ def _same_key(frame: pd.DataFrame, key: dict, ignore: Iterable[str]) -> pd.DataF
 
 
 def borrowed_references(trials: pd.DataFrame, group: Group) -> tuple[pd.DataFrame, str]:
-    """The K=∞ / K=1 trials a group lacks, from trials that differ from it only in schedule.
+    """The K=∞ / K=1 trials a group lacks, from trials that solve the same problem.
 
-    A geometric or one-shot schedule has no K=1 trial of its own (and one-shot none at K=∞
-    unless t = 0), yet its limits are the same models: fixed features and SGD. Returns the
-    borrowed trials and a note saying what came from where ('' when nothing was borrowed).
+    Looked for in this order, each with the group's config on every other key:
+    1. the same study's trials on another schedule: a geometric or one-shot schedule has no
+       K=1 trial of its own (and one-shot none at K=∞ unless t = 0), yet its limits are the
+       same models, fixed features and SGD;
+    2. another study given alongside (``python -m reports a b``): *borrowed*, and said so;
+    3. for K=1 only, the plain trainer with the same optimizer and lr: K=1 *is* plain
+       training (one-shot's t = T), so a plain SGD or Adam run is that level.
+    Returns the trials and a note saying what came from where ('' when nothing was needed).
     """
     own = group.trials
     wanted = [(name, test) for name, test in (("K=∞", is_lazy), ("K=1", is_sgd_limit))
@@ -193,15 +199,30 @@ def borrowed_references(trials: pd.DataFrame, group: Group) -> tuple[pd.DataFram
     pool = usable(trials)
     if not wanted or "trainer" not in pool:
         return own.iloc[:0], ""
-    pool = _same_key(pool[pool["trainer"] == LINEARISED], group.key, SCHEDULE_KEYS)
     pool = pool[~pool.index.isin(own.index)]
+    lin = pool[pool["trainer"] == LINEARISED]
+    same_study = _same_key(lin, group.key, SCHEDULE_KEYS)
+    other_study = _same_key(lin, group.key, ("study", *SCHEDULE_KEYS))
+    other_study = other_study[other_study["study"] != group.key.get("study")]
+    plain = _same_key(pool[pool["trainer"] == PLAIN], group.key, ("trainer", *SCHEDULE_KEYS))
     parts, notes = [], []
     for name, test in wanted:
-        found = pool[test(pool)]
+        found = same_study[test(same_study)]
         if len(found):
             where = ", ".join(sorted(set(found.get("schedule", pd.Series(["?"])).astype(str))))
-            parts.append(found)
             notes.append(f"{name} level from the schedule={where} trials of the same config")
+        else:
+            found = other_study[test(other_study)]
+            if len(found):
+                studies = ", ".join(sorted(set(found["study"].astype(str))))
+                notes.append(f"{name} level borrowed from study {studies} (same config)")
+            elif name == "K=1":
+                found = plain[test(plain)]
+                if len(found):
+                    how = ", ".join(sorted(set(found.get("optimizer", pd.Series(["?"])))))
+                    notes.append(f"K=1 level from plain {how} trials (K=1 is plain training)")
+        if len(found):
+            parts.append(found)
     if not parts:
         return own.iloc[:0], ""
     return pd.concat(parts), "; ".join(notes)

@@ -13,6 +13,7 @@ legend (K=∞ ones at the left edge).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -174,7 +175,8 @@ def _draw(chunk: Sequence[Group], trials: pd.DataFrame, fits: pd.DataFrame, note
     fig, axes = plt.subplots(3, 2, figsize=FIGSIZE, sharex=True, layout="constrained")
     loss_names = pd.concat([g.trials for g in chunk]).get("loss", pd.Series(dtype=object))
     plain = [baselines(matching_plain(trials, g.key)) for g in chunk]
-    borrowed = [borrowed_references(trials, g)[0] for g in chunk]
+    found = [borrowed_references(trials, g) for g in chunk]
+    borrowed, level_notes = [b for b, _ in found], [note for _, note in found]
     lost = [diverged_like(trials, g) for g in chunk]
     plain_styles = _plain_styles(plain)
     group_handles = []
@@ -188,6 +190,9 @@ def _draw(chunk: Sequence[Group], trials: pd.DataFrame, fits: pd.DataFrame, note
             _draw_plain(ax, plain[i], metric, colour(i), plain_styles)
             _draw_diverged(ax, lost[i], colour(i))
         text = _legend(group, fit, fits, len(lost[i]))
+        if level_notes[i]:  # a level from elsewhere is labelled as such, in the figure itself
+            text += "\n    " + re.sub(r" (trials of the same config|\(same config\))", "",
+                                       level_notes[i])  # fmt: skip
         if note and text.startswith("all trials:"):  # the tuned view's one group: say what it is
             text = note + text[len("all trials") :]
         group_handles.append(Line2D([], [], color=colour(i), marker="o", ms=4, label=text))

@@ -237,3 +237,42 @@ def test_a_searcher_study_is_never_split_into_one_trial_groups(tmp_path: Path):
     for k, row in per_k.iterrows():
         at_k = trials[trials["k"] == k]
         assert row["lr"] == at_k.loc[at_k["val_acc"].idxmax(), "lr"]
+
+
+# ---- reference levels from elsewhere -----------------------------------------------------
+def test_a_missing_level_is_borrowed_from_another_study_and_labelled(tmp_path: Path, monkeypatch):
+    from reports import _plot_updates
+
+    mid = (2, 5, 10, 20, 40, 100, INF)  # no K=1 of its own
+    a = make_study(tmp_path / "a", Spec(study="a", ks=mid, seeds=(0, 1, 2), plain=(),
+                                        probe=False))  # fmt: skip
+    b = make_study(tmp_path / "b", Spec(study="b", ks=(1,), seeds=(0, 1, 2), plain=(),
+                                        probe=False))  # fmt: skip
+    c = make_study(tmp_path / "c", Spec(study="c", ks=(1,), seeds=(0, 1, 2), plain=(),
+                                        probe=False, lrs=(0.5,)))  # fmt: skip
+    alone = reports.fit_feature_updates(reports.load_trials(a), n_boot=0).iloc[0]
+    assert not alone["fit_ok"] and "no K=1" in alone["reason"]
+    other_lr = reports.fit_feature_updates(reports.load_trials([a, c]), n_boot=0)
+    assert "no K=1" in other_lr.set_index("study").loc["a", "reason"]  # config differs: no
+    trials = reports.load_trials([a, b])
+    fit = reports.fit_feature_updates(trials, n_boot=0).set_index("study").loc["a"]
+    assert fit["fit_ok"] and "K=1 level borrowed from study b" in fit["levels_from"]
+    k1 = trials[(trials["study"] == "b") & trials["usable"]]
+    assert fit["a_1"] == pytest.approx(k1["test_acc"].mean())
+    seen = {}
+    monkeypatch.setattr(_plot_updates, "save", lambda fig, *a, **k: seen.setdefault(
+        "texts", []).extend(_legend_texts(fig)) or plt.close(fig) or [])  # fmt: skip
+    reports.plot_feature_updates(trials, tmp_path / "f")
+    assert any("K=1 level borrowed from study b" in t for t in seen["texts"]), seen["texts"]
+
+
+def test_plain_training_is_the_k1_level_a_sweep_lacks(tmp_path: Path):
+    """One-shot's t = T reference: plain SGD with the same config is K=1."""
+    study = make_study(tmp_path, Spec(study="noone", ks=(2, 5, 10, 20, 40, 100, INF),
+                                      seeds=(0, 1, 2), plain=("sgd",), probe=False))  # fmt: skip
+    trials = reports.load_trials(study)
+    fit = reports.fit_feature_updates(trials, n_boot=0).iloc[0]
+    assert fit["fit_ok"], fit["reason"]
+    assert "K=1 level from plain sgd trials" in fit["levels_from"]
+    plain = trials[(trials["trainer"] == "plain") & trials["usable"]]
+    assert fit["a_1"] == pytest.approx(plain["test_acc"].mean())
