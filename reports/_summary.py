@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._compare import schedule_comparison
 from ._config import CI_LEVEL
 from ._fit import MODEL
 from ._groups import infinite_k, usable
@@ -80,6 +81,7 @@ def render_summary(
         _tuning_section(tuning),
         _figures_section(figures, skipped, out, match_train_loss),
         _fits_section(fits),
+        _schedules_section(trials),
         _measure_section(correlations, skipped),
         _finals_section(trials),
     ]
@@ -246,6 +248,29 @@ def _fits_section(fits: pd.DataFrame) -> str:
         lines += [f"- {r['study']} · {_view(r)}{r['group']}: {r['reason']}."
                   for _, r in failed.iterrows()]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _schedules_section(trials: pd.DataFrame) -> str:
+    table = schedule_comparison(trials)
+    if table.empty:
+        return ""
+    lines = ["## Non-uniform schedules against uniform at matched N\n",
+             "Mean test accuracy over seeds at each N of the non-uniform schedule [95% bootstrap "
+             "interval, from 3 seeds], beside the uniform schedule's mean at the same N (run, or "
+             "interpolated in ln N between the two nearest uniform N; never extrapolated).\n"]  # fmt: skip
+    shown = pd.DataFrame({
+        "group": table["group"], "schedule": table["schedule"], "N": table["N"],
+        "seeds": table["seeds"],
+        "test acc": [f"{a:.4f}" + (f" [{lo:.4f}, {hi:.4f}]" if np.isfinite(lo) else "")
+                     for a, lo, hi in zip(table["acc"], table["acc_lo"], table["acc_hi"],
+                                          strict=True)],
+        "uniform at N": [f"{v:.4f} ({how})" if np.isfinite(v) else how
+                         for v, how in zip(table["uniform_acc"], table["uniform_at"], strict=True)],
+        "difference": table["difference"].map(lambda v: f"{v:+.4f}" if np.isfinite(v) else "–"),
+    })  # fmt: skip
+    if table["study"].nunique() > 1:
+        shown.insert(0, "study", table["study"])
+    return "\n".join([*lines, markdown_table(shown)]) + "\n"
 
 
 def _measure_section(correlations: pd.DataFrame, skipped: Mapping[str, str]) -> str:

@@ -276,3 +276,25 @@ def test_plain_training_is_the_k1_level_a_sweep_lacks(tmp_path: Path):
     assert "K=1 level from plain sgd trials" in fit["levels_from"]
     plain = trials[(trials["trainer"] == "plain") & trials["usable"]]
     assert fit["a_1"] == pytest.approx(plain["test_acc"].mean())
+
+
+def test_a_geometric_schedule_is_compared_with_uniform_at_matched_n(tmp_path: Path):
+    from reports._compare import schedule_comparison
+
+    study = make_study(tmp_path, Spec(study="sched", ks=KS, seeds=(0, 1, 2), plain=(),
+                                      probe=False))  # fmt: skip
+    uniform = reports.load_trials(study)
+    inner = uniform[(uniform["k"] > 1) & np.isfinite(uniform["k"]) & uniform["usable"]]
+    geometric = inner.assign(schedule="geometric", trial_id=inner["trial_id"] + "g",
+                             test_acc=inner["test_acc"] + 0.01)  # fmt: skip
+    between = geometric[geometric["k"] == 10].assign(  # N = 70: between uniform 49 and 99
+        feature_updates=70, trial_id=lambda t: t["trial_id"] + "m"
+    )
+    table = schedule_comparison(pd.concat([uniform, geometric, between], ignore_index=True))
+    same = table[table["uniform_at"] == "same N"]
+    assert len(same) == 6 and np.allclose(same["difference"], 0.01, atol=1e-9)
+    (mid,) = table[table["N"] == 70].itertuples()
+    u = uniform[uniform["usable"]].groupby("feature_updates")["test_acc"].mean()
+    w = (math.log(70) - math.log(49)) / (math.log(99) - math.log(49))
+    assert mid.uniform_acc == pytest.approx((1 - w) * u[49] + w * u[99])
+    assert "interpolated" in mid.uniform_at
