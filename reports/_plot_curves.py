@@ -7,7 +7,7 @@ uniform schedule; at t, the single linearisation, on the one-shot schedule (whos
 one per t); elsewhere where the reported count of updates grows (to the resolution of
 ``eval_every``). They are drawn only when there are at most ``MAX_MARKERS`` of them, so K=1
 (every step) and K=∞ (never) have none. Plain-trainer baselines on the same problem are grey
-dash-dotted curves.
+dash-dotted curves. Diverged trials are red crosses at the floor, at the step they stopped.
 """
 
 from __future__ import annotations
@@ -21,15 +21,25 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from ._groups import LINEARISED, Group, baselines, groups, infinite_k, matching_plain
+from ._groups import (
+    LINEARISED,
+    Group,
+    baselines,
+    diverged_like,
+    groups,
+    infinite_k,
+    matching_plain,
+)
 from ._schema import format_value, k_label
 from ._stats import mean_band, metric_range
 from ._style import (
     PLAIN_STYLES,
     NothingToPlot,
     constant_description,
+    floor_handle,
     k_colours,
     k_mappable,
+    mark_floor,
     pages,
     paper_style,
     rank_colours,
@@ -38,6 +48,7 @@ from ._style import (
 )
 
 MAX_MARKERS = 25
+DIVERGED_COLOUR = "#C00000"  # K of a diverged trial may have no line of its own
 MAX_LEGEND_KS = 7  # more finite K than this get a colour bar instead of legend entries
 PANELS_PER_PAGE = 6
 TITLE_KEYS = ("dataset", "model", "loss", "optimizer", "lr", "total_steps", "batch_size")
@@ -72,7 +83,11 @@ def _draw(chunk: Sequence[Group], rows: pd.DataFrame, trials: pd.DataFrame, metr
     lines = {(kind, v) for g in chunk for kind, v in zip(*_line_keys(g.trials), strict=True)}
     colours = _colours(lines)
     plain_labels: list = []
+    n_lost = 0
     for ax, group in zip(axes.flat, chunk, strict=False):
+        lost = diverged_like(trials, group)
+        if len(lost) and "last_step" in lost:  # where it blew up, at the floor
+            n_lost += mark_floor(ax, lost["last_step"].astype(float).dropna(), DIVERGED_COLOUR)
         kinds, values = _line_keys(group.trials)
         t = group.trials.assign(kind=kinds, value=values)
         for (kind, value), members in t.groupby(["kind", "value"], sort=True):
@@ -93,7 +108,10 @@ def _draw(chunk: Sequence[Group], rows: pd.DataFrame, trials: pd.DataFrame, metr
         bar = fig.colorbar(k_mappable(finite_ks), ax=axes, location="right", shrink=0.8, aspect=30)
         bar.set_label("K (steps between feature updates)")
         lines = {(kind, v) for kind, v in lines if kind != "K" or not math.isfinite(v)}
-    fig.legend(handles=_handles(sorted(lines), colours, plain_labels), loc="outside right center")
+    handles = _handles(sorted(lines), colours, plain_labels)
+    handles.append(floor_handle(f"diverged trial ({n_lost}),\nat its last step"))
+    handles[-1].set_color(DIVERGED_COLOUR)
+    fig.legend(handles=handles, loc="outside right center")
     return fig
 
 

@@ -3,7 +3,8 @@
 The paper's proxy for feature learning is N, the number of feature updates; the measure is
 the kernel distance S(K_init, K_final) on the probe batch (Fort et al. 2020). Spearman's rank
 correlation between them, per group over single trials, is printed in the legend and the
-summary. N = 0 (K=∞) belongs on this axis, so it is symmetric-log: linear below 1.
+summary. N = 0 (K=∞) belongs on this axis, so it is symmetric-log: linear below 1. Diverged
+trials have no final measure: crosses at the floor at their N, counted in the legend.
 """
 
 from __future__ import annotations
@@ -17,9 +18,18 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from ._groups import LINEARISED, groups, n_updates
+from ._groups import LINEARISED, diverged_like, groups, infinite_k, n_updates
 from ._stats import spearman, summarise
-from ._style import NothingToPlot, colour, constant_description, pages, paper_style, save
+from ._style import (
+    NothingToPlot,
+    colour,
+    constant_description,
+    floor_handle,
+    mark_floor,
+    pages,
+    paper_style,
+    save,
+)
 
 MEASURE = "kernel_distance_init"
 GROUPS_PER_PAGE = 6
@@ -70,7 +80,12 @@ def plot_measure(
                 ax.plot(s["key"], s["mean"], "o-", color=c, ms=3.5, linewidth=1.1)
                 ax.fill_between(s["key"], s["lo"], s["hi"], color=c, alpha=0.18, linewidth=0)
                 rho, p, n = spearman(t["N"], t[measure])
+                lost = diverged_like(trials, group)
+                k = infinite_k(lost)
+                n_lost = mark_floor(ax, np.where(np.isinf(k), 0.0,
+                                    np.ceil(lost["total_steps"].astype(float) / k) - 1), c)  # fmt: skip
                 label = group.label if len(todo) > 1 else "mean over seeds"
+                label += f" ({n_lost} diverged)" if n_lost else ""
                 handles.append(Line2D([], [], color=c, marker="o", ms=3.5,
                                       label=f"{label}: {_rho_text(rho, p, n)}"))  # fmt: skip
             ax.set_xscale("symlog", linthresh=1.0, linscale=0.4)
@@ -82,6 +97,7 @@ def plot_measure(
             ax.set_title(
                 "Proxy N against measured feature learning" + (f"\n({scope})" if scope else "")
             )
+            handles.append(floor_handle("diverged trial, at the floor (no final measure)"))
             fig.legend(handles=handles, loc="outside lower center", ncol=1)
             paths += save(fig, out, formats, page)
     return paths

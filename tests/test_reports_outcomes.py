@@ -225,3 +225,32 @@ def test_the_top_k_axis_has_no_tick_below_one(tmp_path: Path):
         ticks = [t for t in sec.xaxis.get_majorticklocs() if lo <= t <= hi]
         assert ticks and min(ticks) >= 1, ticks
     plt.close(fig)
+
+
+def test_every_figure_marks_the_diverged(tmp_path: Path, monkeypatch):
+    from reports import _plot_curves, _plot_measure, _plot_phase
+
+    study = make_study(tmp_path, Spec(study="every", ks=KS, total_steps=(500, 1000),
+                                      seeds=(0, 1, 2), plain=(), diverged=2))  # fmt: skip
+    data = reports._load.read_studies(study)
+    seen: dict[str, list] = {}
+
+    def keep(name):
+        def save(fig, *args, **kwargs):
+            texts = _legend_texts(fig) + [t.get_text() for ax in fig.axes for t in ax.texts]
+            seen[name] = texts + [fig._suptitle.get_text() if fig._suptitle else ""]
+            seen[name + "_floor"] = [_floor_markers(fig)]
+            plt.close(fig)
+            return []
+
+        return save
+
+    for name, module in (("curves", _plot_curves), ("phase", _plot_phase),
+                         ("measure", _plot_measure)):  # fmt: skip
+        monkeypatch.setattr(module, "save", keep(name))
+    reports.plot_training_curves(data.metrics, data.trials, tmp_path / "c")
+    reports.plot_phase_diagram(data.trials, tmp_path / "p")
+    reports.plot_measure(data.trials, tmp_path / "m")
+    assert any("diverged trial (2)" in t for t in seen["curves"]) and seen["curves_floor"] == [2]
+    assert "✕2" in seen["phase"] and any("2 in all" in t for t in seen["phase"])
+    assert any("(2 diverged)" in t for t in seen["measure"]) and seen["measure_floor"] == [2]
