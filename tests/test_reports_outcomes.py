@@ -238,7 +238,7 @@ def test_every_figure_marks_the_diverged(tmp_path: Path, monkeypatch):
     def keep(name):
         def save(fig, *args, **kwargs):
             texts = _legend_texts(fig) + [t.get_text() for ax in fig.axes for t in ax.texts]
-            seen[name] = texts + [fig._suptitle.get_text() if fig._suptitle else ""]
+            seen[name] = [*texts, fig._suptitle.get_text() if fig._suptitle else ""]
             seen[name + "_floor"] = [_floor_markers(fig)]
             plt.close(fig)
             return []
