@@ -79,12 +79,14 @@ def fit_feature_updates(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """One row per group of linearised trials: levels, N₅₀, slope, N₉₀, CIs, or why not.
+    """One row per group of linearised trials at several K: levels, N₅₀, slope, N₉₀, CIs, or
+    why not.
 
     `trials` is ``load_trials(...)`` (or the metrics rows of ``load(...)``, reduced here).
     """
     trials = _as_trials(trials)
-    todo = groups(trials, LINEARISED)
+    # a group at one K is no curve in N (an lr sweep at K=100): nothing to fit, no row
+    todo = [g for g in groups(trials, LINEARISED) if len(set(infinite_k(g.trials))) > 1]
     if progress and todo:
         progress(f"fitting {len(todo)} group{'s' * (len(todo) > 1)} (bootstrap {n_boot})…")
     rng = np.random.default_rng(seed)

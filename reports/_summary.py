@@ -216,7 +216,7 @@ def _fits_section(fits: pd.DataFrame) -> str:
         "K, levels included). All values are in `fits.csv`.\n",
     ]
     if fits.empty:
-        return "\n".join([*lines, "No group of linearised trials to fit.\n"])
+        return "\n".join([*lines, "No group of finished linearised trials at several K to fit.\n"])
     ok, failed = fits[fits["fit_ok"].astype(bool)], fits[~fits["fit_ok"].astype(bool)]
     if len(ok):
         table = pd.DataFrame({

@@ -139,6 +139,10 @@ def test_lr_figure_draws_one_line_per_trainer_and_k_with_divergence_marked(lr_sw
     assert all(g.trials["lr"].nunique() == 3 for g in lines)  # not one group per lr
     files = reports.plot_lr(trials, lr_sweep / "figs" / "lr")
     assert [f.name for f in files] == ["lr.png"]
+    one_k = trials[trials["k"] != 100]  # a group at a single K is no curve in N: no fit row
+    assert reports.fit_feature_updates(one_k[one_k["trainer"] != "linearised"], n_boot=0).empty
+    lone = trials[(trials["trainer"] == "linearised") & (trials["k"] == 100)]
+    assert reports.fit_feature_updates(lone, n_boot=0).empty
 
 
 def test_lr_figure_legend_counts_the_diverged(lr_sweep: Path, monkeypatch):
