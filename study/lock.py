@@ -19,6 +19,7 @@ catches most races but not all: best-effort only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -52,6 +53,9 @@ class Lock:
     @property
     def is_local(self) -> bool:
         return self.fs.type_name == "local"
+
+    def _replace_dir(self, created_dir: str) -> Lock:
+        return dataclasses.replace(self, created_dir=created_dir)
 
 
 def lock_path(experiment: str) -> str:
@@ -139,6 +143,11 @@ def acquire(
                 os.mkdir(experiment)
             except FileExistsError:
                 holder = read_holder(path, fs)
+                if _only_stale_lock(experiment, holder):
+                    # A new study killed while Ray started left only its lock: start again.
+                    return acquire(
+                        fs, experiment, break_lock=break_lock, command=command, display=display
+                    )._replace_dir(experiment)
                 also = f" (being created by {describe(holder)})" if holder else ""
                 raise StudyError(
                     f"study {PurePosixPath(experiment).name!r} already exists at "
@@ -251,6 +260,14 @@ def _create_best_effort(
     back = read_holder(path, fs)
     if back is None or not _same(back, holder):
         raise LockHeld(f"study is locked by {describe(back)} ({shown}); it claimed it meanwhile")
+
+
+def _only_stale_lock(experiment: str, holder: dict[str, Any] | None) -> bool:
+    try:
+        names = os.listdir(experiment)
+    except OSError:
+        return False
+    return names == [LOCK_FILE] and holder is not None and not is_live(holder)
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

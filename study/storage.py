@@ -269,9 +269,42 @@ def remove_stale_tmp(fs: pafs.FileSystem, directory: str) -> int:
 # ---------------------------------------------------------------- study state checks
 
 
+def only_a_stale_lock(paths: StudyPaths) -> bool:
+    """The study folder holds nothing but a dead driver's lock: a new study killed while Ray
+    started, before it wrote anything else. Such a name may be started again."""
+    from study.lock import LOCK_FILE, is_live, lock_path, read_holder
+
+    try:
+        if experiment_files(paths) != [LOCK_FILE]:
+            return False
+    except (OSError, pa.ArrowException):
+        return False
+    holder = read_holder(lock_path(paths.experiment), paths.storage.fs)
+    return holder is not None and not is_live(holder)
+
+
+def _refuse_if_running_here(paths: StudyPaths) -> None:
+    """A live driver of this host holds the study: say so first, rather than whatever its
+    half-written files would make the other checks say. (The lock itself is the guarantee.)"""
+    import socket
+
+    from study.lock import LockHeld, describe, is_live, lock_path, read_holder
+
+    path = lock_path(paths.experiment)
+    holder = read_holder(path, paths.storage.fs)
+    mine = holder is not None and holder.get("pid") == os.getpid()
+    if holder and holder.get("host") == socket.gethostname() and not mine and is_live(holder):
+        raise LockHeld(
+            f"study is locked by {describe(holder)} ({paths.display(path)}); wait for it to "
+            "end or stop it"
+        )
+
+
 def check_fresh(paths: StudyPaths) -> None:
     """A new study may not reuse a name: refuse before touching anything."""
     if paths.exists():
+        _refuse_if_running_here(paths)
+    if paths.exists() and not only_a_stale_lock(paths):
         raise StudyError(
             f"study {paths.name!r} already exists at {paths.display(paths.experiment)}; "
             "pass --resume to continue it, or choose another --name"
@@ -332,6 +365,13 @@ def check_resumable(paths: StudyPaths) -> str:
         raise StudyError(
             f"no study {paths.name!r} at {paths.display(paths.experiment)}: "
             "nothing to resume (check --name and --storage)"
+        )
+    _refuse_if_running_here(paths)
+    if only_a_stale_lock(paths):
+        raise StudyError(
+            f"study {paths.name!r} never started (its driver was killed while Ray started; "
+            f"only its stale lock is in {paths.display(paths.experiment)}): start it again "
+            "without --resume"
         )
     for required in (paths.spec, str(PurePosixPath(paths.experiment, TUNER_FILE))):
         info = fs.get_file_info(required)

@@ -75,6 +75,30 @@ def test_a_stale_lock_on_this_host_is_taken_over(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == []  # no leftovers
 
 
+def test_a_new_study_killed_while_ray_started_can_be_started_again(
+    storage: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its folder holds only its dead driver's lock: a new start reclaims the name; a resume
+    says to start it again (before: "study.json is missing", and the name was lost)."""
+    import pyarrow.fs as pafs
+
+    from study.storage import StudyPaths, check_fresh, resolve_storage
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_lock(storage / "smoke", _holder(pid=dead.pid))
+    before = _tree(storage)
+    assert main(["--resume", "--name", "smoke", "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "never started" in err and "without --resume" in err
+    assert _tree(storage) == before
+    check_fresh(StudyPaths(resolve_storage(str(storage)), "smoke"))  # not refused
+    held = lock.acquire(pafs.LocalFileSystem(), str(storage / "smoke"), create_dir=True)
+    assert lock.read_holder(held.path)["pid"] == os.getpid()
+    lock.release(held, remove_created_dir=True)
+    assert not (storage / "smoke").exists()
+
+
 def test_a_reused_pid_does_not_keep_a_lock_alive(tmp_path: Path) -> None:
     """The pid runs, but its process started after the lock was written: not the holder."""
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
