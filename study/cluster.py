@@ -132,6 +132,21 @@ def _stop_autoscaler_monitor() -> None:
             process.wait()
 
 
+def driver_staging_root() -> str | None:
+    """This Ray session's folder of Tune's driver staging folders, or None when unknown.
+
+    Through a private helper of Ray 2.x (`ray.train.constants._get_ray_train_session_dir`):
+    Tune exposes the staging folder only to a running experiment, and a resume must clean it
+    before `fit()` (study.snapshots.prune_driver_staging). None wherever the helper is missing.
+    """
+    try:
+        from ray.train.constants import _get_ray_train_session_dir
+
+        return _get_ray_train_session_dir()
+    except Exception:
+        return None
+
+
 def runtime_env() -> dict[str, Any]:
     """Ship the project's own packages to every node; dependencies must be installed there."""
     return {

@@ -24,22 +24,17 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 from pathlib import PurePosixPath
 
-from study.storage import StudyPaths, experiment_files, write_json_atomic
+from study.cluster import driver_staging_root
+from study.storage import SESSION_FILE, StudyPaths, experiment_files, write_json_atomic
 
 MARK_FILE = "snapshot.json"  # {"restored_from": "<experiment_state-....json>"}
 STATE_PREFIX = "experiment_state-"
-# Every per-session file Tune writes beside its experiment state (Ray 2.60).
-_SESSION_FILE = re.compile(
-    r"^(experiment_state|searcher-state|search_gen_state|basic-variant-state|callback-states)"
-    r"-(?P<session>.+)\.(json|pkl)$"
-)
 
 
 def session_of(name: str) -> str | None:
-    match = _SESSION_FILE.match(name)
+    match = SESSION_FILE.match(name)
     return match.group("session") if match else None
 
 
@@ -120,14 +115,11 @@ def prune_driver_staging(experiment_name: str, chosen: str) -> list[str]:
     Ray session, e.g. a long-running cluster, runs several drivers of a study), restores its
     searcher from there, and uploads the whole folder at each snapshot: stale files left there
     would come back to storage. The folder's layout is Ray's
-    (`<session>/artifacts/<timestamp>/<experiment>/driver_artifacts`, Ray 2.60), found through
-    a private helper: the public API does not expose it before `fit()`.
+    (`<root>/<timestamp>/<experiment>/driver_artifacts`, Ray 2.60; the root from
+    `study.cluster.driver_staging_root`).
     """
-    try:
-        from ray.train.constants import _get_ray_train_session_dir
-
-        root = _get_ray_train_session_dir()
-    except Exception:
+    root = driver_staging_root()
+    if root is None:
         return []
     session = session_of(chosen)
     removed = []

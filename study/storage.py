@@ -34,6 +34,13 @@ RESUME_PICKLES = (
     re.compile(r"^callback-states-.*\.pkl$"),
 )
 TUNER_FILE = "tuner.pkl"  # Tune's restore entry point
+# Each of the files above is `<prefix>-<session>.<ext>`, the session being the driver run's
+# start in local time (Ray 2.60); study.snapshots keeps one session's files only.
+SESSION_FILE = re.compile(
+    r"^(experiment_state|searcher-state|search_gen_state|basic-variant-state|callback-states)"
+    r"-(?P<session>.+)\.(json|pkl)$"
+)
+CHECKPOINT_PREFIX = "checkpoint_"  # Tune's folder of one trial checkpoint: checkpoint_<index>
 # URI schemes a study may use: pyarrow.fs opens them and Tune can store an experiment there
 # (pyarrow's mock:// is an in-process test filesystem that other processes cannot see).
 URI_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")

@@ -7,8 +7,9 @@ so a file that is unreadable or holds other (trial, step) rows is rewritten from
 that is bad and whose checkpoint is gone too cannot be recovered: the resume names it, runs
 the rest, and exits 1.
 
-This reads Tune's on-disk layout of a trial folder (`checkpoint_<index>/`): Tune's public API
-gives a trial's checkpoints only inside the running trial, not to the driver before `fit()`.
+This reads Tune's on-disk layout of a trial folder (`checkpoint_<index>/`, named in
+study.storage): Tune's public API gives a trial's checkpoints only inside the running trial,
+not to the driver before `fit()`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from study.results import METRICS_SCHEMA, metrics_file, table, unique_by_step
-from study.storage import StudyPaths, write_parquet_atomic
+from study.storage import CHECKPOINT_PREFIX, StudyPaths, write_parquet_atomic
 
 FINISHED = ("TERMINATED", "DIVERGED")
 ROWS_FILE = "rows.parquet"  # trainables.ray_trainable._ROWS_FILE
@@ -48,7 +49,7 @@ def checkpoint_rows(fs: pafs.FileSystem, trial_dir: str) -> pa.Table | None:
     best = None
     for info in infos:
         name = PurePosixPath(info.path).name
-        if info.type != pafs.FileType.Directory or not name.startswith("checkpoint_"):
+        if info.type != pafs.FileType.Directory or not name.startswith(CHECKPOINT_PREFIX):
             continue
         rows = _read_table(fs, str(PurePosixPath(info.path, ROWS_FILE)))
         if rows is None or "step" not in rows.column_names:
