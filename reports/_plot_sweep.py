@@ -69,7 +69,11 @@ def sweep_lines(trials: pd.DataFrame, key: str, trainers: Sequence[str]) -> list
                 if trainer == LINEARISED and "K=" not in label and isinstance(k, float):
                     label = ", ".join(x for x in (f"K={format_value(k)}", label) if x)
                 name = trainer if len(trainers) > 1 else ""  # one trainer: the title says it
-                text = ", ".join(x for x in (name, label) if x) or "all trials"
+                text = ", ".join(x for x in (name, label) if x)
+                lr = g.key.get("lr", math.nan)
+                if not text and key != "lr" and isinstance(lr, float):  # say the line's step
+                    text = f"lr={format_value(lr)}"
+                text = text or "all trials"
                 lines.append(Group(g.key, text, g.trials))
     return lines
 

@@ -145,11 +145,15 @@ def _draw_sampled(lin: pd.DataFrame, key: str, trials: pd.DataFrame):
         top = max(float(t["N"].max()), 1.0)
         ticks = [v for v in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000) if v <= top * 1.5]
         ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
-        ax.set_ylabel(label if "acc" in metric else loss_label(label, loss_names))
-        if "loss" in metric:
+        if metric in ("test_loss", "train_loss"):
+            ax.set_ylabel(loss_label(label, loss_names))
             log_if_wide(ax, t[metric])
         else:
+            ax.set_ylabel(label)
+        if metric.endswith("_acc"):
             ax.set_ylim(top=min(ax.get_ylim()[1], 1.005))
+        if metric.endswith("_gap"):
+            ax.axhline(0.0, color="0.6", linewidth=0.6, zorder=0)
     for ax in axes[-1]:
         ax.set_xlabel("feature updates N (log(1 + N) scale; N = 0 is K = ∞)")
     bar = fig.colorbar(mappable, ax=axes, location="right", shrink=0.8, pad=0.02)
