@@ -14,10 +14,10 @@ from search_spaces import Choice, LogUniform, Space, Uniform
 from study.errors import StudyError
 from study.spec import StudySpec
 from trainables import DatasetMissingError, TrialConfig
-from trainables.catalog import check_available
+from trainables.catalog import DataFileError, check_available
 
 SEED_STRIDE = 1000  # repeat r of a grid uses seed + r·SEED_STRIDE
-_MAX_CHECKED = 20_000  # configs validated one by one before a study starts
+_MAX_CHECKED = 20_000  # configs validated one by one before a study starts, and trials at most
 STARTUP_S = 6.0  # measured: Ray start-up and shutdown, 2 cores (median over the 7 spaces)
 
 
@@ -100,7 +100,15 @@ def build_plan(spec: StudySpec) -> Plan:
     if not isinstance(spec.num_samples, int) or spec.num_samples < 1:
         raise StudyError(f"--num-samples {spec.num_samples}: must be an int >= 1")
     space = _apply_overrides(space, {**spec.overrides, "data_dir": spec.data_dir})
+    space = _pin_data_file(space)
     tune_num_samples = spec.num_samples
+    # sized before anything is built: a huge --num-samples must not materialise its seed list
+    planned = spec.num_samples * (space.grid_size() if spec.searcher == "grid" else 1)
+    if planned > _MAX_CHECKED:
+        raise StudyError(
+            f"--num-samples {spec.num_samples}: the study would have {planned} trials; "
+            f"at most {_MAX_CHECKED}"
+        )
     if spec.searcher == "grid" and spec.num_samples > 1:
         space = _repeat_seeds(space, spec.num_samples)
         tune_num_samples = 1
@@ -120,6 +128,21 @@ def _apply_overrides(space: Space, overrides: Mapping[str, Any]) -> Space:
         distributions.pop(key, None)
         fixed[key] = value
     return dataclasses.replace(space, fixed=fixed, grid=grid, distributions=distributions)
+
+
+def _pin_data_file(space: Space) -> Space:
+    """dataset=npz: the file's SHA-256 goes into every trial's config, so each row names the
+    exact data it was trained on and a trial refuses a file changed under a running study."""
+    path = space.fixed.get("data_path")
+    if not path or space.fixed.get("data_sha256") or "data_path" in space.grid:
+        return space
+    from trainables.npz import file_sha256
+
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise StudyError(f"data_path={path}: cannot be read ({exc.strerror or exc})") from None
+    return dataclasses.replace(space, fixed={**space.fixed, "data_sha256": digest})
 
 
 def _repeat_seeds(space: Space, repeats: int) -> Space:
@@ -147,20 +170,46 @@ def _check_configs(space: Space) -> None:
     n = math.prod(len(v) for v in _candidate_values(space).values())
     if n > _MAX_CHECKED:
         raise StudyError(f"space {space.name!r} has {n} grid points; at most {_MAX_CHECKED}")
-    data_sources: dict[tuple[str, str, bool], TrialConfig] = {}
+    data_sources: dict[tuple, TrialConfig] = {}
+    seen: dict[TrialConfig, dict[str, Any]] = {}
+    swept_keys = list(_candidate_values(space))
     for mapping in _combinations(space):
+        swept = {k: mapping[k] for k in swept_keys}
         try:
             cfg = TrialConfig.from_mapping(mapping)
         except ValueError as exc:
-            swept = {k: mapping[k] for k in _candidate_values(space)}
             where = f" at {_show(swept)}" if swept else ""
             raise StudyError(f"space {space.name!r}{where}: {exc}") from None
-        data_sources.setdefault((cfg.dataset, cfg.data_dir, cfg.download), cfg)
+        if cfg in seen:  # the same effective trial twice: a copy, never a second seed
+            raise StudyError(_duplicate_message(space, seen[cfg], swept, cfg))
+        seen[cfg] = swept
+        key = (cfg.dataset, cfg.data_dir, cfg.download, cfg.data_path, cfg.data_sha256)
+        data_sources.setdefault(key, cfg)
     for cfg in data_sources.values():  # a missing dataset would only fail inside each trial
         try:
             check_available(cfg)
-        except DatasetMissingError as exc:
+        except (DatasetMissingError, DataFileError) as exc:
             raise StudyError(f"space {space.name!r}: {exc}") from None
+
+
+def _duplicate_message(
+    space: Space, first: Mapping[str, Any], second: Mapping[str, Any], cfg: TrialConfig
+) -> str:
+    """Why two points of a space are one trial, and what to do about it."""
+    differing = [k for k in first if first[k] != second[k]]
+    why = "keys the trainer ignores take their defaults"
+    if "k" in differing and cfg.trainer != "linearised":
+        why = f"trainer={cfg.trainer} ignores k; fix it with --set k=1"
+    elif "k" in differing and cfg.k == math.inf:
+        why = f"K >= T is K = ∞ at total_steps={cfg.total_steps}; drop one of them"
+    elif differing:
+        why = (
+            f"{', '.join(differing)} do not change a {cfg.trainer} trial here; fix them with --set"
+        )
+    return (
+        f"space {space.name!r}: {_show(first)} and {_show(second)} are the same trial "
+        f"({why}); a copy is not a seed"
+    )
 
 
 def _show(values: Mapping[str, Any]) -> str:

@@ -13,11 +13,11 @@ from trainables import DatasetMissingError, Trial, TrialConfig, batch_indices, l
 
 
 def test_digits_is_embedded_split_fixed_and_standardised():
-    data = load_data(TrialConfig.from_mapping({}))
+    data = load_data(TrialConfig.from_mapping({"val_size": 0}))
     assert data.x_train.shape == (1438, 1, 8, 8) and data.x_test.shape == (359, 1, 8, 8)
     assert data.num_classes == 10 and data.x_train.dtype == torch.float32
     assert abs(float(data.x_train.mean())) < 1e-5 and abs(float(data.x_train.std()) - 1) < 1e-3
-    other_seed = load_data(TrialConfig.from_mapping({"seed": 5}))
+    other_seed = load_data(TrialConfig.from_mapping({"seed": 5, "val_size": 0}))
     torch.testing.assert_close(other_seed.x_test, data.x_test)  # the split does not follow the seed
 
 
@@ -31,8 +31,8 @@ def test_subsets_are_deterministic_and_seeded():
 
 
 def test_synthetic_teacher_task_depends_on_seed():
-    a = load_data(TrialConfig.from_mapping({"dataset": "synthetic"}))
-    b = load_data(TrialConfig.from_mapping({"dataset": "synthetic", "seed": 1}))
+    a = load_data(TrialConfig.from_mapping({"dataset": "synthetic", "val_size": 0}))
+    b = load_data(TrialConfig.from_mapping({"dataset": "synthetic", "seed": 1, "val_size": 0}))
     assert a.x_train.shape == (1024, 16) and a.num_classes == 4 and a.image_shape is None
     assert len(torch.unique(a.y_train)) == 4
     assert not torch.equal(a.x_train, b.x_train)
@@ -101,7 +101,8 @@ def no_integrity_check(monkeypatch):
 )
 def test_mnist_family_loads_from_torchvision_files(tmp_path, name, folder):
     _write_mnist(tmp_path, folder)
-    data = load_data(TrialConfig.from_mapping({"dataset": name, "data_dir": str(tmp_path)}))
+    cfg = {"dataset": name, "data_dir": str(tmp_path), "val_size": 0}
+    data = load_data(TrialConfig.from_mapping(cfg))
     assert data.x_train.shape == (30, 1, 28, 28) and data.x_test.shape == (12, 1, 28, 28)
     assert data.y_train.tolist() == [i % 10 for i in range(30)]
     recs = list(Trial({"dataset": name, "data_dir": str(tmp_path), "model": "cnn", "channels": 4,
@@ -111,7 +112,8 @@ def test_mnist_family_loads_from_torchvision_files(tmp_path, name, folder):
 
 def test_cifar10_loads_from_torchvision_files(tmp_path, no_integrity_check):
     _write_cifar10(tmp_path)
-    data = load_data(TrialConfig.from_mapping({"dataset": "cifar10", "data_dir": str(tmp_path)}))
+    cfg = {"dataset": "cifar10", "data_dir": str(tmp_path), "val_size": 0}
+    data = load_data(TrialConfig.from_mapping(cfg))
     assert data.x_train.shape == (100, 3, 32, 32) and data.x_test.shape == (20, 3, 32, 32)
     assert data.image_shape == (3, 32, 32)
     per_channel = data.x_train.mean((0, 2, 3))

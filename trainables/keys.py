@@ -11,6 +11,7 @@ MEASURE_KEYS = (
     "lin_point_change",  # ‖θ_s − θ_s,prev‖ / ‖θ_s,prev‖ at the latest feature update
 )
 RECORD_KEYS = (
-    "step", "feature_updates", "train_loss", "train_acc", "test_loss", "test_acc",
+    "step", "feature_updates", "train_loss", "train_acc", "val_loss", "val_acc",
+    "test_loss", "test_acc",
     "diverged", "elapsed_s", "batch_loss", "cg_iters", *MEASURE_KEYS,
 )  # fmt: skip

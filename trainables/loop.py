@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from trainables.config import TrialConfig
-from trainables.data import Data, batch_indices, load_data
+from trainables.data import Data, batch_indices, load_data, split_validation
 from trainables.gauss_newton import SolverMemory, gauss_newton_direction
 from trainables.keys import MEASURE_KEYS
 from trainables.linearise import accuracy, linearised_grad, linearised_predict, loss_fn
@@ -30,7 +30,7 @@ from trainables.models import build_model
 from trainables.optim import SGD, Adam, Optimizer
 from trainables.schedule import is_move_step
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: initial_train_loss (divergence as a multiple of it)
 
 
 class Trial:
@@ -48,7 +48,8 @@ class Trial:
         self.device = torch.device(device or "cpu")
         if data is None:
             self.data = load_data(cfg, self.device)
-        else:
+        else:  # held out as load_data would, unless the caller's data has its own split
+            data = split_validation(data, cfg.val_size, cfg.seed)
             self.data = data.to(self.device, getattr(torch, cfg.dtype))
         self.model = build_model(cfg, tuple(self.data.x_train.shape[1:]), self.data.num_classes)
         self.model.to(self.device)
@@ -73,6 +74,7 @@ class Trial:
         self.elapsed_before = 0.0
         self._t0 = time.perf_counter()
         self.lin_point_change = 0.0
+        self.initial_train_loss = math.nan  # the step-0 record's: divergence is a multiple of it
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self._since_record = self._fresh_since_record()
         self._phase = {"start": 0, "best": math.inf, "ema": math.nan, "stale": 0}
@@ -179,11 +181,14 @@ class Trial:
         phase["ema"] = (
             batch_loss if math.isnan(phase["ema"]) else 0.9 * phase["ema"] + 0.1 * batch_loss
         )
-        needed = max(cfg.convergence_rtol * phase["best"], cfg.convergence_atol)
-        if phase["ema"] < phase["best"] - needed:
+        if not math.isfinite(phase["best"]):  # the phase's first step sets the reference
             phase["best"], phase["stale"] = phase["ema"], 0
         else:
-            phase["stale"] += 1
+            needed = max(cfg.convergence_rtol * abs(phase["best"]), cfg.convergence_atol)
+            if phase["ema"] < phase["best"] - needed:
+                phase["best"], phase["stale"] = phase["ema"], 0
+            else:
+                phase["stale"] += 1
         length = self.step - phase["start"]
         return phase["stale"] >= cfg.convergence_patience or length >= cfg.k
 
@@ -217,17 +222,24 @@ class Trial:
         cfg, data = self.cfg, self.data
         out_train, out_test = self.predict(data.x_train), self.predict(data.x_test)
         train_loss = float(loss_fn(cfg.loss, out_train, data.y_train))
+        if self.step == 0:
+            self.initial_train_loss = train_loss
+        val_loss = val_acc = math.nan
+        if data.x_val is not None and len(data.y_val):
+            out_val = self.predict(data.x_val)
+            val_loss = float(loss_fn(cfg.loss, out_val, data.y_val))
+            val_acc = float(accuracy(out_val, data.y_val))
         steps = self._since_record["steps"]
-        diverged = bool(self._bad) or not math.isfinite(train_loss)
-        diverged = diverged or not all(bool(torch.isfinite(p).all()) for p in self.theta.values())
         record = {
             "step": self.step,
             "feature_updates": self.feature_updates,
             "train_loss": train_loss,
             "train_acc": float(accuracy(out_train, data.y_train)),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
             "test_loss": float(loss_fn(cfg.loss, out_test, data.y_test)),
             "test_acc": float(accuracy(out_test, data.y_test)),
-            "diverged": diverged,
+            "diverged": (diverged := self._diverged(train_loss)),
             "elapsed_s": self.elapsed_before + time.perf_counter() - self._t0,
             "batch_loss": float(self._since_record["loss"]) / steps if steps else math.nan,
             "cg_iters": self._since_record["cg"] / steps if steps and cfg.trainer == "gauss_newton" else math.nan,
@@ -235,6 +247,16 @@ class Trial:
         self._since_record = self._fresh_since_record()
         record.update(self._measures(diverged))
         return record
+
+    def _diverged(self, train_loss: float) -> bool:
+        """Non-finite loss or parameters, or the training loss past divergence_factor × its
+        value at step 0: a loss of 1e8 is as much a failure as nan, however finite."""
+        if bool(self._bad) or not math.isfinite(train_loss):
+            return True
+        if not all(bool(torch.isfinite(p).all()) for p in self.theta.values()):
+            return True
+        factor, initial = self.cfg.divergence_factor, self.initial_train_loss
+        return bool(factor) and math.isfinite(initial) and train_loss > factor * initial
 
     def _measures(self, diverged: bool) -> dict[str, float]:
         cfg = self.cfg
@@ -281,6 +303,7 @@ class Trial:
             "done": self.done,
             "elapsed_s": self.elapsed_before + time.perf_counter() - self._t0,
             "lin_point_change": self.lin_point_change,
+            "initial_train_loss": self.initial_train_loss,
             "bad": bool(self._bad),
             "since_record": {**self._since_record, "loss": float(self._since_record["loss"])},
             "phase": dict(self._phase),
@@ -312,6 +335,7 @@ class Trial:
         self.at_lin_point, self.pending_move = state["at_lin_point"], state["pending_move"]
         self.started, self.done = state["started"], state["done"]
         self.elapsed_before, self.lin_point_change = state["elapsed_s"], state["lin_point_change"]
+        self.initial_train_loss = state["initial_train_loss"]
         self._bad = torch.tensor(state["bad"], device=self.device)
         since = state["since_record"]
         self._since_record = {**since, "loss": self._loss_sum(since["loss"])}

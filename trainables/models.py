@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 
 import torch
 from torch import nn
@@ -64,6 +65,56 @@ class CNN(nn.Module):
         return self.net(x_BxCxHxW)
 
 
+class ScaledOutput(nn.Module):
+    """α·f(x; θ), or α·(f(x; θ) − f(x; θ₀)) when centred (Chizat & Bach's lazy-training model).
+
+    The initial network f(·; θ₀) is a frozen copy whose parameters are buffers: it moves with
+    the model between devices and dtypes but is never trained, and θ is the wrapped network's
+    parameters alone, so every trainer (IL, GN, plain) and every measure sees the scaled model.
+    """
+
+    def __init__(self, net: nn.Module, alpha: float, center: bool):
+        super().__init__()
+        self.net = net
+        self.alpha = alpha
+        self.init = _frozen_copy(net) if center else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if self.init is not None:
+            with torch.no_grad():
+                out0 = self.init(x)
+            out = out - out0
+        return self.alpha * out if self.alpha != 1 else out
+
+
+def _frozen_copy(net: nn.Module) -> nn.Module:
+    copy = deepcopy(net)
+    for module in copy.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            delattr(module, name)
+            module.register_buffer(name, p.detach().clone())
+    return copy
+
+
+def _gain(activation: str) -> float:
+    # GELU has no entry in calculate_gain; it behaves like ReLU for the variance at init
+    return nn.init.calculate_gain("tanh" if activation == "tanh" else "relu")
+
+
+def he_init(model: nn.Module, activation: str) -> None:
+    """Kaiming normal (fan-in) weights with the activation's gain, zero biases; the readout
+    (the last Linear, no activation after it) gain 1. Norm layers keep weight 1, bias 0."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    for i, layer in enumerate(layers):
+        gain = 1.0 if i == len(layers) - 1 else _gain(activation)
+        fan_in = nn.init._calculate_correct_fan(layer.weight, "fan_in")
+        with torch.no_grad():
+            layer.weight.normal_(0.0, gain / math.sqrt(fan_in))
+            if layer.bias is not None:
+                layer.bias.zero_()
+
+
 def build_model(
     cfg: TrialConfig,
     input_shape: tuple[int, ...],
@@ -82,7 +133,12 @@ def build_model(
         else:
             dim = math.prod(input_shape)
             model = MLP(dim, num_classes, cfg.width, cfg.depth, cfg.activation, cfg.norm)
-    return model.to(getattr(torch, cfg.dtype))
+        if cfg.init == "he":
+            he_init(model, cfg.activation)
+    model = model.to(getattr(torch, cfg.dtype))
+    if cfg.output_scale != 1 or cfg.center_output:
+        model = ScaledOutput(model, cfg.output_scale, cfg.center_output)
+    return model
 
 
 def num_parameters(model: nn.Module) -> int:
