@@ -85,8 +85,9 @@ def fit_feature_updates(
     `trials` is ``load_trials(...)`` (or the metrics rows of ``load(...)``, reduced here).
     """
     trials = _as_trials(trials)
-    # a group at one K is no curve in N (an lr sweep at K=100): nothing to fit, no row
-    todo = [g for g in groups(trials, LINEARISED) if len(set(infinite_k(g.trials))) > 1]
+    # a group at one N is no curve (an lr sweep at K=100): nothing to fit, no row; N, not K,
+    # since a one-shot sweep stores K=∞ for every t
+    todo = [g for g in groups(trials, LINEARISED) if len(set(n_updates(g.trials))) > 1]
     if progress and todo:
         progress(f"fitting {len(todo)} group{'s' * (len(todo) > 1)} (bootstrap {n_boot})…")
     rng = np.random.default_rng(seed)
@@ -101,6 +102,8 @@ def fit_feature_updates(
             rows.append(row | {"reason": why})
             continue
         row = _fit_group(g, *borrowed_references(trials, g), metric, n_boot, rng)
+        if g.key.get("schedule") == "one_shot" and row["reason"].startswith("no K=1"):
+            row["reason"] += " (for one-shot: a trial at t = T, or a plain run of the same config)"
         rows.append(_note_diverged(row, diverged_like(trials, g)))
     return pd.DataFrame(rows, columns=_columns(todo))
 

@@ -83,7 +83,7 @@ def plot_feature_updates(
 
     `fits` is ``fit_feature_updates(trials)``; without it the fit runs here without CIs.
     `note` goes into the title (e.g. how the learning rate was chosen). A group with a single
-    K is no curve (an lr sweep at one K): it is left out, and raises NothingToPlot when alone.
+    N is no curve (an lr sweep at one K): it is left out, and raises NothingToPlot when alone.
     """
     found = groups(trials, LINEARISED)
     if not found:
@@ -93,9 +93,9 @@ def plot_feature_updates(
         with paper_style():
             fig = _draw_sampled(pd.concat([g.trials for g in found]), key, trials)
             return save(fig, out, formats)
-    todo = [g for g in found if len(set(infinite_k(g.trials))) > 1]
+    todo = [g for g in found if len(set(n_updates(g.trials))) > 1]
     if not todo:
-        raise NothingToPlot("every group of linearised trials has a single K, so there is no "
+        raise NothingToPlot("every group of linearised trials has a single N, so there is no "
                             "curve in N (an lr sweep is drawn against lr instead)")  # fmt: skip
     if fits is None:
         fits = fit_feature_updates(trials, n_boot=0)
@@ -213,8 +213,10 @@ def _draw(chunk: Sequence[Group], trials: pd.DataFrame, fits: pd.DataFrame, note
             ax.set_ylim(top=min(ax.get_ylim()[1], 1.005))
         if metric.endswith("_gap"):
             ax.axhline(0.0, color="0.6", linewidth=0.6, zorder=0)
+    one_shot = "one_shot" in set(everything.get("schedule", pd.Series(dtype=object)))
     for ax in axes[-1]:
-        ax.set_xlabel("feature updates N (relinearisations; log scale)")
+        ax.set_xlabel("feature updates N (log scale)" + ("; one-shot: N = t, SGD steps before "
+                      "the one linearisation" if one_shot else ""))  # fmt: skip
     _top_k_axis(axes[0], chunk)
     scope = constant_description(everything, TITLE_KEYS)
     studies = ", ".join(sorted(set(everything["study"])))

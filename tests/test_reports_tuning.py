@@ -302,3 +302,18 @@ def test_a_geometric_schedule_is_compared_with_uniform_at_matched_n(tmp_path: Pa
     w = (math.log(70) - math.log(49)) / (math.log(99) - math.log(49))
     assert mid.uniform_acc == pytest.approx((1 - w) * u[49] + w * u[99])
     assert "interpolated" in mid.uniform_at
+
+
+def test_a_one_shot_sweep_is_a_curve_in_t_though_every_k_is_inf(tmp_path: Path):
+    study = make_study(tmp_path, Spec(study="os", ks=KS, seeds=(0, 1, 2), plain=(),
+                                      probe=False))  # fmt: skip
+    uniform = reports.load_trials(study)
+    # one-shot stores K=∞ (its effective config) and counts t SGD steps as N = t
+    one_shot = uniform.assign(schedule="one_shot", one_shot_at=uniform["feature_updates"],
+                              k=INF)  # fmt: skip
+    fit = reports.fit_feature_updates(one_shot, n_boot=0)
+    assert len(fit) == 1 and fit["fit_ok"].iloc[0], fit["reason"].iloc[0]
+    assert fit["n_trials"].iloc[0] == len(KS) * 3
+    no_t_equal_t = one_shot[one_shot["feature_updates"] < 999]
+    why = reports.fit_feature_updates(no_t_equal_t, n_boot=0)["reason"].iloc[0]
+    assert why.startswith("no K=1") and "t = T" in why
