@@ -10,6 +10,8 @@ Library use::
     trials = reports.load_trials("studies/k_sweep")    # one row per trial: status, final metrics
     fits = reports.fit_feature_updates(trials)         # levels, N50, N90, slope with CIs, or why not
     reports.plot_feature_updates(trials, "fig1", fits, formats=("pdf",))
+    tuning = reports.tune_on_validation(trials)        # lr per K chosen on val_acc (None: no sweep)
+    reports.plot_lr(trials, "lr")                      # accuracy, loss, gap against lr per K
     reports.write_report("studies/k_sweep")            # everything, into studies/k_sweep/report/
 """
 

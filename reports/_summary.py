@@ -17,7 +17,7 @@ from ._groups import infinite_k, usable
 from ._schema import ERROR, config_keys, format_value, group_keys, group_label, varying
 from ._tune import Tuning, rule
 
-FINAL_METRICS = ("test_acc", "test_loss", "train_acc", "train_loss")
+FINAL_METRICS = ("test_acc", "test_loss", "val_acc", "train_acc", "train_loss")
 LISTED_TRIALS = 20  # trial ids listed per exclusion reason before "and n more"
 FIGURE_TITLES = {
     "feature_updates": "Accuracy, loss and generalisation gap against the number of feature "

@@ -317,3 +317,14 @@ def test_a_one_shot_sweep_is_a_curve_in_t_though_every_k_is_inf(tmp_path: Path):
     no_t_equal_t = one_shot[one_shot["feature_updates"] < 999]
     why = reports.fit_feature_updates(no_t_equal_t, n_boot=0)["reason"].iloc[0]
     assert why.startswith("no K=1") and "t = T" in why
+
+
+def test_several_tuned_keys_are_chosen_together_on_validation():
+    rows = [{"k": 10.0, "lr": lr, "momentum": m, "seed": s, "val_acc": v, "test_acc": t}
+            for lr, m, v, t in ((0.1, 0.0, 0.90, 0.99), (0.1, 0.9, 0.95, 0.80),
+                                (0.3, 0.0, 0.93, 0.99), (0.3, 0.9, 0.91, 0.99))
+            for s in (0, 1)]  # fmt: skip
+    tuning = tune_on_validation(_frame(rows), ("lr", "momentum"))
+    (row,) = tuning.selected.itertuples()
+    assert (row.lr, row.momentum) == (0.1, 0.9)  # the best validation pair, worst on test
+    assert set(tuning.trials["__momentum"]) == {0.9} and (tuning.trials["momentum"] == TUNED).all()
