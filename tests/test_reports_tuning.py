@@ -328,3 +328,17 @@ def test_several_tuned_keys_are_chosen_together_on_validation():
     (row,) = tuning.selected.itertuples()
     assert (row.lr, row.momentum) == (0.1, 0.9)  # the best validation pair, worst on test
     assert set(tuning.trials["__momentum"]) == {0.9} and (tuning.trials["momentum"] == TUNED).all()
+
+
+def test_a_searcher_page_rings_the_validation_best_trial(tmp_path: Path, monkeypatch):
+    from reports import _plot_updates
+
+    trials = reports.load_trials(_sampled(tmp_path))
+    lin = trials[trials["usable"]]
+    best = lin.loc[lin["val_acc"].idxmax()]
+    seen = {}
+    monkeypatch.setattr(_plot_updates, "save", lambda fig, *a, **k: seen.update(
+        texts=_legend_texts(fig)) or plt.close(fig) or [])  # fmt: skip
+    reports.plot_feature_updates(trials, tmp_path / "f")
+    ring = next(t for t in seen["texts"] if t.startswith("best"))
+    assert ring.startswith("best validation accuracy") and f"lr={best['lr']:.3g}" in ring
