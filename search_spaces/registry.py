@@ -14,6 +14,9 @@ _MODULES = (
     "damping_sweep",
     "one_shot",
     "optuna_lr_k",
+    "paper_cifar10",
+    "paper_fig8",
+    "paper_fig9",
     "smoke",
 )
 
