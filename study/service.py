@@ -100,6 +100,8 @@ def parse_overrides(texts: Sequence[str]) -> dict[str, Any]:
             key, value = parse_override(text)
         except ValueError as exc:
             raise StudyError(f"--set {text}: {exc}") from None
+        if key == "data_path" and value:  # trials run in their own folders
+            value = os.path.abspath(os.path.expanduser(value))
         out[key] = value
     return out
 
