@@ -97,7 +97,7 @@ def _select(cell: pd.DataFrame, keys: tuple[str, ...]) -> tuple[pd.DataFrame | N
     for values, part in cell.groupby(list(keys), dropna=False, sort=True):
         values = values if isinstance(values, tuple) else (values,)
         done = part[part["exclusion"] == ""]
-        val = done[SELECTOR].astype(float).dropna() if SELECTOR in done else pd.Series([])
+        val = done[SELECTOR].astype(float).dropna() if SELECTOR in done else pd.Series(dtype=float)
         lost = int((part["exclusion"] == "diverged").sum())
         ok = lost == 0 and len(val) > 0
         scores.append((values, float(val.mean()) if len(val) else math.nan, len(val), lost, ok))
