@@ -27,7 +27,9 @@ def parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 all trials finished (diverged counts as finished), 1 some trial "
         "errored, 2 bad input (nothing written), 130 interrupted (resume with --resume).",
     )
-    p.add_argument("--space", help="search space to run (see --list)")
+    p.add_argument(
+        "--space", help="a built-in search space (see --list) or a space file (path.toml)"
+    )
     p.add_argument("--list", action="store_true", help="list the spaces and exit")
     p.add_argument("--name", help="study name (default: the space name)")
     p.add_argument(

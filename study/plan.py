@@ -21,9 +21,19 @@ _MAX_CHECKED = 20_000  # configs validated one by one before a study starts, and
 STARTUP_S = 6.0  # measured: Ray start-up and shutdown, 2 cores (median over the 7 spaces)
 
 
-def get_space(name: str) -> Space:
+def get_space(name: str, stored: Mapping[str, Any] | None = None) -> Space:
+    """A built-in space by name, a space file (`--space path.toml`), or a study's stored copy
+    of a file's space (`stored`, from its study.json: a resume needs the file no more)."""
+    from search_spaces import from_file
+
     try:
+        if stored is not None:
+            return from_file.from_definition(stored, f"the space stored for {name!r}")
+        if from_file.is_space_file(name):
+            return from_file.load(name)
         return search_spaces.get(name)
+    except from_file.SpaceFileError as exc:
+        raise StudyError(str(exc)) from None
     except KeyError:
         raise StudyError(
             f"unknown space {name!r}; allowed: {', '.join(search_spaces.names())} (see --list)"
@@ -89,7 +99,7 @@ class Plan:
 
 def build_plan(spec: StudySpec) -> Plan:
     """Validate the spec against its space and the trial config; StudyError if anything is off."""
-    space = get_space(spec.space)
+    space = get_space(spec.space, spec.space_definition)
     if spec.smoke:
         space = space.smoke_version()
     if spec.searcher not in space.allowed_searchers():

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
+from search_spaces import from_file
 from study.cluster import check_reachable, check_resource_values
 from study.errors import StudyError
 from study.lock import Lock, acquire, lock_path, release
@@ -146,6 +147,10 @@ def new_spec(options: StudyOptions) -> StudySpec:
         checkpoint_every=_or(options.checkpoint_every, 10),
         code_version=code_version(),
         created_at=now_iso(),
+        # a file's space is kept with the study: a resume needs the file no more
+        space_definition=(
+            from_file.definition(space) if from_file.is_space_file(options.space) else None
+        ),
     )
 
 
@@ -162,10 +167,11 @@ def prepare(options: StudyOptions) -> Prepared:
         raise StudyError("--space is required for a new study; see --list for the spaces")
     if options.resume and not (options.name or options.space):
         raise StudyError("--resume needs --name: the study to continue")
-    if options.space:
-        get_space(options.space)  # an unknown space is named as such, before the name
+    # An unknown space (or a bad space file) is named as such, before the name; a file's
+    # space names the study by its own name, not by the file's path.
+    space_name = get_space(options.space).name if options.space else ""
     # An explicit empty --name is refused, not silently replaced by the space's name.
-    name = check_name(options.name if options.name is not None else options.space or "", "--name")
+    name = check_name(options.name if options.name is not None else space_name, "--name")
     paths = StudyPaths(resolve_storage(options.storage), name)
     if not options.resume:
         check_fresh(paths)

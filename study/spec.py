@@ -16,7 +16,7 @@ FORMAT = 1
 class StudySpec:
     """Every choice that shapes a study's trials; fixed when the study is created."""
 
-    space: str
+    space: str  # a built-in space's name, or the name of the space in `space_definition`
     searcher: str  # grid | random | optuna
     num_samples: int  # grid: repeats with fresh seeds; random/optuna: trials
     overrides: dict[str, Any] = field(default_factory=dict)  # --set, typed by TrialConfig
@@ -29,6 +29,9 @@ class StudySpec:
     checkpoint_every: int = 10  # records between trial checkpoints; 0 = only at the end
     code_version: str = "unknown"
     created_at: str = ""
+    # A space from a file (`--space path.toml`): the study's own copy of it, validated, so that
+    # a resume runs and checks the same space after the file changed or moved. None: built-in.
+    space_definition: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **dataclasses.asdict(self)}
@@ -69,6 +72,9 @@ def check_same(saved: StudySpec, given: dict[str, Any], name: str) -> None:
     for key, flag in REMEMBERED.items():
         if key not in given or given[key] is None:
             continue
+        if key == "space":
+            _check_same_space(saved, given[key], name)
+            continue
         value, remembered = given[key], getattr(saved, key)
         if key == "overrides":
             differs = bool(value) and value != remembered
@@ -81,6 +87,49 @@ def check_same(saved: StudySpec, given: dict[str, Any], name: str) -> None:
                 f"study {name!r} was created with {flag} {_show(remembered)}, not {_show(value)}; "
                 "a resume continues the same study: repeat the same value or leave it out"
             )
+
+
+# Fields of a space file that do not shape its trials: a renamed or re-described file is the same.
+_COSMETIC = ("name", "description", "seconds_per_trial")
+
+
+def _check_same_space(saved: StudySpec, given: str, name: str) -> None:
+    """`--space` repeated on a resume: the same built-in, or a file whose space equals the
+    study's stored copy (wherever the file lies now)."""
+    from search_spaces import from_file
+
+    keep = "a resume continues the same study: leave --space out (the study keeps its space)"
+    if not from_file.is_space_file(given):
+        if saved.space_definition is not None:
+            raise StudyError(
+                f"study {name!r} was created from a space file (space {saved.space!r}), not the "
+                f"built-in space {given!r}; {keep}"
+            )
+        if given != saved.space:
+            raise StudyError(
+                f"study {name!r} was created with --space {saved.space}, not {given}; "
+                "a resume continues the same study: repeat the same value or leave it out"
+            )
+        return
+    if saved.space_definition is None:
+        raise StudyError(
+            f"study {name!r} was created with the built-in space {saved.space!r}, not the space "
+            f"file {given}; {keep}"
+        )
+    try:
+        current = from_file.definition(from_file.load(given))
+    except from_file.SpaceFileError as exc:
+        raise StudyError(str(exc)) from None
+    changed = [
+        k
+        for k in from_file.differences(saved.space_definition, current)
+        if k.split(".")[0] not in _COSMETIC
+    ]
+    if changed:
+        raise StudyError(
+            f"space file {given} differs from the space study {name!r} was created with "
+            f"(in {', '.join(changed)}); {keep}, or give the file as it was"
+        )
 
 
 def _show(value: Any) -> str:

@@ -75,7 +75,7 @@ def status(name: str, storage: str = "studies") -> dict[str, Any]:
         "study": name,
         "path": paths.display(paths.experiment),
         "space": spec.space if spec else None,
-        "space_from_file": bool(spec and getattr(spec, "space_definition", None)),
+        "space_from_file": bool(spec and spec.space_definition),
         "searcher": spec.searcher if spec else None,
         "smoke": spec.smoke if spec else None,
         "created_at": spec.created_at if spec else None,
@@ -242,7 +242,7 @@ def _plan(spec: StudySpec | None) -> tuple[Any, int | None, int | None]:
     from study.plan import get_space
 
     try:
-        space = _space_of(spec, get_space)
+        space = get_space(spec.space, spec.space_definition)
     except StudyError:
         return None, None, None  # a built-in space renamed since: counts from the files only
     if spec.smoke:
@@ -260,11 +260,6 @@ def _plan(spec: StudySpec | None) -> tuple[Any, int | None, int | None]:
     if "total_steps" not in grid and "total_steps" not in distributions:
         steps = _total_steps({**space.fixed})
     return space, spec.num_samples, steps
-
-
-def _space_of(spec: StudySpec, get_space: Any) -> Any:
-    definition = getattr(spec, "space_definition", None)
-    return get_space(spec.space, definition) if definition else get_space(spec.space)
 
 
 def _total_steps(mapping: Mapping[str, Any]) -> int | None:
