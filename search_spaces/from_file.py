@@ -22,6 +22,7 @@ rebuilds the space from it with `from_definition`, so a resume needs the file no
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 import sys
@@ -154,6 +155,7 @@ def from_definition(payload: Mapping[str, Any], where: str) -> Space:
         and TrialConfig.from_mapping(fixed).val_size == 0
     ):
         raise bad("metric", f"{metric} needs a validation split, but fixed.val_size is 0")
+    _check_points(space, where)
     return space
 
 
@@ -190,6 +192,36 @@ def differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------- checks
+
+_MAX_POINTS = 20_000  # a larger space is refused by the planner, which counts it first
+
+
+def _check_points(space: Space, where: str) -> None:
+    """Every point of the space (a continuous range at its ends) is a valid trial, and no
+    two points are one trial; said here so that the message names the file."""
+    values = {key: list(v) for key, v in space.grid.items()}
+    for key, dist in space.distributions.items():
+        values[key] = list(dist.values) if isinstance(dist, Choice) else [dist.low, dist.high]
+    if math.prod(len(v) for v in values.values()) > _MAX_POINTS:
+        return
+    seen: dict[TrialConfig, dict[str, Any]] = {}
+    for combo in itertools.product(*values.values()):
+        point = dict(zip(values, combo, strict=True))
+        try:
+            cfg = TrialConfig.from_mapping({**space.fixed, **point})
+        except ValueError as exc:
+            raise SpaceFileError(f"{where}: at {_show(point)}: {exc}") from None
+        if cfg in seen:
+            raise SpaceFileError(
+                f"{where}: {_show(seen[cfg])} and {_show(point)} are the same trial (K >= T "
+                "is K = ∞, and keys the trainer ignores take their defaults); a copy is not a "
+                "seed: drop one of them"
+            )
+        seen[cfg] = point
+
+
+def _show(point: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
 
 
 def _dist_json(dist: Any) -> dict[str, list[Any]]:

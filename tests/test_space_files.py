@@ -117,7 +117,11 @@ def test_a_missing_file_and_a_duplicate_point_are_refused(
     err = _refused(["--space", str(tmp_path / "none.toml")], capsys, storage)
     assert "none.toml: cannot be read" in err
     dup = _write(tmp_path, "[fixed]\ntotal_steps = 100\n[grid]\nk = [1, 100, inf]", "dup.toml")
-    assert "k=100 and k=inf are the same trial" in _refused(["--space", str(dup)], capsys, storage)
+    err = _refused(["--space", str(dup)], capsys, storage)
+    assert f"space file {dup}: k=100 and k=inf are the same trial" in err
+    both = _write(tmp_path, '[grid]\noptimizer = ["sgd", "adam"]\nmomentum = [0, 0.9]', "b.toml")
+    err = _refused(["--space", str(both)], capsys, storage)
+    assert f"space file {both}: at optimizer=adam, momentum=0.9: momentum=0.9: applies" in err
 
 
 def test_list_shows_the_builtin_spaces_only() -> None:
