@@ -1,6 +1,6 @@
 """Kill-and-resume loop: counts what survives real driver kills, clock zones and rivals.
 
-    python -m benchmarks.reliability_loop --kills 10
+    python -m tests.reliability_loop --kills 10
 
 Runs the smoke space (longer trials, `--checkpoint-every 2`) once uninterrupted as the
 baseline, then the same study as `python -m study.run` drivers (each with its own embedded
