@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,7 @@ def render_summary(
 ) -> str:
     """The markdown text of ``summary.md`` (figure links relative to `out`)."""
     studies = ", ".join(sorted(set(trials["study"]))) if len(trials) else "(none)"
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         f"# Report: {studies}\n",
         f"Generated {when} by `python -m reports` from "

@@ -25,18 +25,13 @@ import dataclasses
 import itertools
 import math
 import re
-import sys
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from search_spaces.space import SEARCHERS, Choice, LogUniform, Space, Uniform
 from trainables import RECORD_KEYS, TrialConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 SUFFIX = ".toml"
 FIELDS = (

@@ -153,3 +153,10 @@ def _one_thread() -> object:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def test_no_searcher_selects_on_the_test_set() -> None:
+    """A searcher optimises its space's metric: on test accuracy that is selection on test."""
+    for space in search_spaces.all_spaces():
+        if space.searcher != "grid":
+            assert not space.metric.startswith("test_"), space.name
