@@ -51,8 +51,9 @@ class SpaceFileError(ValueError):
 
 
 def is_space_file(name: str) -> bool:
-    """`--space` names a file rather than a built-in space (built-in names have no suffix)."""
-    return name.endswith(SUFFIX) or "/" in name or "\\" in name
+    """`--space` names a file rather than a built-in space: a space file ends in .toml, so a
+    stray path (`../x`, `/etc/passwd`) is an unknown space, never read as one."""
+    return name.endswith(SUFFIX)
 
 
 def load(path: str | Path) -> Space:

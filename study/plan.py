@@ -36,7 +36,8 @@ def get_space(name: str, stored: Mapping[str, Any] | None = None) -> Space:
         raise StudyError(str(exc)) from None
     except KeyError:
         raise StudyError(
-            f"unknown space {name!r}; allowed: {', '.join(search_spaces.names())} (see --list)"
+            f"unknown space {name!r}; allowed: {', '.join(search_spaces.names())} (see --list), "
+            "or a space file ending in .toml"
         ) from None
 
 
