@@ -23,6 +23,7 @@ from ._groups import GAUSS_NEWTON, LINEARISED, PLAIN, Group, diverged_like, grou
 from ._schema import format_value
 from ._stats import mean_band, metric_range, summarise
 from ._style import (
+    PANELS,
     NothingToPlot,
     colour,
     constant_description,
@@ -40,14 +41,6 @@ from ._tune import _select
 
 LINES_PER_PAGE = 7
 MIN_VALUES = 3  # a line needs this many distinct values of the key to be a sweep
-PANELS = (
-    ("test_acc", "test accuracy"),
-    ("train_acc", "train accuracy"),
-    ("test_loss", "test"),
-    ("train_loss", "train"),
-    ("acc_gap", "accuracy gap, train − test"),
-    ("loss_gap", "loss gap, test − train"),
-)
 TRAINER_STYLE = {PLAIN: (0, (6, 2, 1, 2)), LINEARISED: "-", GAUSS_NEWTON: (0, (4, 1.5))}
 AXIS_LABEL = {"lr": "learning rate η (log scale)", "damping": "damping λ (log scale)"}
 TITLE_KEYS = {  # GN ignores the optimizer; other trainers store GN keys at their defaults

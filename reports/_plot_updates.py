@@ -42,6 +42,7 @@ from ._groups import (
 from ._stats import mean_band, metric_range, summarise
 from ._style import (
     LAZY_STYLE,
+    PANELS,
     PLAIN_STYLES,
     SGD_STYLE,
     NothingToPlot,
@@ -60,14 +61,6 @@ from ._style import (
 )
 
 GROUPS_PER_PAGE = 5
-PANELS = (
-    ("test_acc", "test accuracy"),
-    ("train_acc", "train accuracy"),
-    ("test_loss", "test"),
-    ("train_loss", "train"),
-    ("acc_gap", "accuracy gap, train − test"),
-    ("loss_gap", "loss gap, test − train"),
-)
 FIGSIZE = (7.4, 8.4)
 TITLE_KEYS = ("dataset", "model", "loss", "optimizer", "lr", "total_steps", "batch_size")
 

@@ -54,6 +54,16 @@ RC = {
     "figure.dpi": 100,
 }
 
+# The six panels of every accuracy figure: the metric, and its panel label.
+PANELS = (
+    ("test_acc", "test accuracy"),
+    ("train_acc", "train accuracy"),
+    ("test_loss", "test"),
+    ("train_loss", "train"),
+    ("acc_gap", "accuracy gap, train − test"),
+    ("loss_gap", "loss gap, test − train"),
+)
+
 
 @contextmanager
 def paper_style():
