@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,10 +130,8 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     importing scikit-learn: the import costs 1.5-2.5 s in every fresh trial process on 2 cores,
     the file 30 ms. Falls back to ``load_digits`` if the file is not where it used to be.
     """
-    spec = importlib.util.find_spec("sklearn")
-    roots = list(spec.submodule_search_locations or []) if spec else []
-    path = Path(roots[0], "datasets", "data", "digits.csv.gz") if roots else None
-    if path is not None and path.is_file():
+    path = package_file("sklearn", "datasets", "data", "digits.csv.gz")
+    if path is not None:
         raw = np.loadtxt(path, delimiter=",")
         return raw[:, :-1].reshape(-1, 8, 8), raw[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
