@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-SEARCHERS = ("grid", "random", "optuna")
+SEARCHERS = ("grid", "random", "optuna", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,13 @@ class Space:
     distributions: Mapping[str, Distribution] = field(default_factory=dict)  # sampled
     metric: str = "test_acc"  # what "best" means in progress lines and searchers
     mode: str = "max"
-    searcher: str = "grid"  # default searcher: grid | random | optuna
-    num_samples: int = 1  # grid: repeats with fresh seeds; random/optuna: trials
+    searcher: str = "grid"  # default searcher: grid | random | optuna | adaptive
+    num_samples: int = 1  # grid: repeats with fresh seeds; random/optuna/adaptive: trials
+    # Reference arms run beside the grid (grid searcher only): each a partial config that
+    # overrides fixed and swept keys, run once per seed of the grid. They give a figure its
+    # levels (e.g. plain Adam at K = 1) without crossing them with the swept keys.
+    references: Sequence[Mapping[str, Any]] = ()
+    searcher_options: Mapping[str, Any] = field(default_factory=dict)  # for study.adaptive
     seconds_per_trial: float = 5.0  # measured wall time of one trial in a study, 1 CPU each
     smoke: Mapping[str, Any] = field(default_factory=dict)  # --smoke: list → grid, else fixed
     trainable: str = "ilstudy_trial"  # name registered by trainables.ray_trainable
@@ -61,10 +66,28 @@ class Space:
         """Number of points in the cross product of `grid` (1 when empty)."""
         return math.prod(len(v) for v in self.grid.values()) if self.grid else 1
 
+    def reference_points(self) -> list[dict[str, Any]]:
+        """Every reference arm's trials: its overrides once per seed of the grid."""
+        seeds = list(self.grid.get("seed", ()))
+        points = []
+        for ref in self.references:
+            for seed in seeds if seeds and "seed" not in ref else [None]:
+                points.append(dict(ref) if seed is None else {**ref, "seed": seed})
+        return points
+
+    def grid_trials(self) -> int:
+        """Trials of one grid pass: the cross product and the reference arms."""
+        return self.grid_size() + len(self.reference_points())
+
     def allowed_searchers(self) -> tuple[str, ...]:
         """Grid search cannot draw from continuous distributions."""
         continuous = any(not isinstance(d, Choice) for d in self.distributions.values())
-        return ("random", "optuna") if continuous else SEARCHERS
+        if continuous:
+            return ("random", "optuna")
+        if self.references:  # reference arms ride on the grid's pass
+            return ("grid",)
+        # adaptive places K itself: it needs K swept, or a space written for it
+        return SEARCHERS if "k" in self.grid or self.searcher == "adaptive" else SEARCHERS[:3]
 
     def smoke_version(self) -> Space:
         """The same space shrunk by its `smoke` overrides, to run in seconds."""

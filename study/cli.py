@@ -10,7 +10,7 @@ from typing import NoReturn
 from study.errors import StudyError
 from study.service import DEFAULT_STORAGE, StudyOptions
 
-SEARCHERS = ("grid", "random", "optuna")
+SEARCHERS = ("grid", "random", "optuna", "adaptive")
 
 
 class _Parser(argparse.ArgumentParser):

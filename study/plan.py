@@ -42,7 +42,7 @@ def get_space(name: str, stored: Mapping[str, Any] | None = None) -> Space:
 
 
 def default_num_samples(space: Space, searcher: str) -> int:
-    """grid: one pass; random/optuna: the space's sample count, or its grid size."""
+    """grid: one pass; random/optuna/adaptive: the space's sample count, or its grid size."""
     if searcher == "grid":
         return 1
     return space.num_samples if space.searcher != "grid" else space.grid_size()
@@ -70,6 +70,11 @@ class Plan:
         from ray import tune
 
         out: dict[str, Any] = dict(self.space.fixed)
+        defaults = TrialConfig()
+        for ref in self.space.references:  # Tune takes a preset only for a key it knows
+            for key in ref:
+                if key not in self.space.grid and key not in self.space.distributions:
+                    out.setdefault(key, _plain(getattr(defaults, key)))
         for key, values in self.space.grid.items():
             out[key] = (
                 tune.grid_search(list(values))
@@ -85,14 +90,26 @@ class Plan:
                 out[key] = tune.choice(list(dist.values))
         return out
 
-    def search_alg(self) -> Any:
-        """None for grid; a seeded random or Optuna searcher otherwise."""
-        if self.searcher == "grid":
-            return None
-        if self.searcher == "random":
-            from ray.tune.search import BasicVariantGenerator
+    def search_alg(self, max_concurrent: int = 0) -> Any:
+        """The grid (with its reference arms first), a seeded random, Optuna or adaptive searcher.
 
-            return BasicVariantGenerator(random_state=0)
+        Tune applies `max_concurrent_trials` to a `Searcher` only, so the variant generators of
+        grid and random search get the limit here.
+        """
+        from ray.tune.search import BasicVariantGenerator
+
+        if self.searcher == "grid":
+            points = self.space.reference_points()
+            if not points:
+                return None
+            _quiet_preset_warnings()
+            return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_concurrent)
+        if self.searcher == "random":
+            return BasicVariantGenerator(random_state=0, max_concurrent=max_concurrent)
+        if self.searcher == "adaptive":
+            from study.adaptive import make_searcher
+
+            return make_searcher(self)
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(seed=0)  # metric and mode are set once, in TuneConfig
@@ -123,11 +140,27 @@ def build_plan(spec: StudySpec) -> Plan:
     if spec.searcher == "grid" and spec.num_samples > 1:
         space = _repeat_seeds(space, spec.num_samples)
         tune_num_samples = 1
-    total = space.grid_size() if spec.searcher == "grid" else tune_num_samples
+    total = tune_num_samples
+    if spec.searcher == "grid":
+        # each reference trial is a point Tune evaluates first, using up one sample; the
+        # last sample is the grid's pass
+        total = space.grid_trials()
+        tune_num_samples = 1 + len(space.reference_points())
     _check_configs(space)
     return Plan(
         space=space, searcher=spec.searcher, tune_num_samples=tune_num_samples, total_trials=total
     )
+
+
+def _plain(value: Any) -> Any:
+    return "inf" if value == math.inf else value
+
+
+def _quiet_preset_warnings() -> None:
+    """A reference arm overrides fixed keys on purpose; Tune would warn once per trial."""
+    import logging
+
+    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
 
 
 def _apply_overrides(space: Space, overrides: Mapping[str, Any]) -> Space:
@@ -138,7 +171,12 @@ def _apply_overrides(space: Space, overrides: Mapping[str, Any]) -> Space:
         grid.pop(key, None)
         distributions.pop(key, None)
         fixed[key] = value
-    return dataclasses.replace(space, fixed=fixed, grid=grid, distributions=distributions)
+    references = tuple(
+        {k: v for k, v in ref.items() if k not in overrides} for ref in space.references
+    )
+    return dataclasses.replace(
+        space, fixed=fixed, grid=grid, distributions=distributions, references=references
+    )
 
 
 def _pin_data_file(space: Space) -> Space:
@@ -175,6 +213,14 @@ def _combinations(space: Space) -> Iterator[dict[str, Any]]:
     values = _candidate_values(space)
     for combo in itertools.product(*values.values()):
         yield {**space.fixed, **dict(zip(values, combo, strict=True))}
+    for point in space.reference_points():
+        missing = [k for k in space.grid if k not in point]
+        if missing:  # Tune would expand the point over them: not one trial per seed
+            raise StudyError(
+                f"space {space.name!r}: reference {_show(point)} must set every swept key; "
+                f"missing {', '.join(missing)}"
+            )
+        yield {**space.fixed, **point}
 
 
 def _check_configs(space: Space) -> None:
@@ -184,8 +230,9 @@ def _check_configs(space: Space) -> None:
     data_sources: dict[tuple, TrialConfig] = {}
     seen: dict[TrialConfig, dict[str, Any]] = {}
     swept_keys = list(_candidate_values(space))
+    reference_keys = {k for ref in space.references for k in ref}
     for mapping in _combinations(space):
-        swept = {k: mapping[k] for k in swept_keys}
+        swept = {k: mapping[k] for k in [*swept_keys, *reference_keys] if k in mapping}
         try:
             cfg = TrialConfig.from_mapping(mapping)
         except ValueError as exc:

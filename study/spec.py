@@ -17,7 +17,7 @@ class StudySpec:
     """Every choice that shapes a study's trials; fixed when the study is created."""
 
     space: str  # a built-in space's name, or the name of the space in `space_definition`
-    searcher: str  # grid | random | optuna
+    searcher: str  # grid | random | optuna | adaptive
     num_samples: int  # grid: repeats with fresh seeds; random/optuna: trials
     overrides: dict[str, Any] = field(default_factory=dict)  # --set, typed by TrialConfig
     smoke: bool = False  # the space's smoke overrides applied

@@ -84,7 +84,7 @@ def build_tuner(
     tune_config = tune.TuneConfig(
         metric=plan.metric,
         mode=plan.mode,
-        search_alg=plan.search_alg(),
+        search_alg=plan.search_alg(spec.max_concurrent),
         num_samples=plan.tune_num_samples,
         max_concurrent_trials=spec.max_concurrent or None,
         reuse_actors=True,  # an actor start costs 2-4 s on 2 cores
