@@ -8,6 +8,11 @@ accuracy over seeds: ``val_acc`` of each trial's final record. Ties go to the sm
 A value at which any seed diverged is not a candidate (it is not a safe choice). The curves
 and fits of the tuned view then show *test* accuracy at the chosen values.
 
+With an early-stopping scheduler (``--scheduler asha``), the learning rates of each K and seed
+race each other and the losers are STOPPED. A stopped trial is never a point of a curve; a
+value stopped on any seed is not a candidate. When every value lost on some seed, each seed
+keeps the survivor of its own race (the finished trial with the best validation accuracy).
+
 Old results without ``val_acc`` are refused, with the reason, rather than tuned on test.
 """
 
@@ -25,6 +30,7 @@ from ._schema import config_keys, format_value
 DEFAULT_TUNED = ("lr",)
 TUNED = "val-tuned"  # what a tuned key's column says in the tuned view; its value is in __<key>
 SELECTOR = "val_acc"
+STOPPED_REASON = "stopped by the scheduler"  # reports._load's exclusion for a STOPPED trial
 
 
 def rule(keys: Sequence[str]) -> str:
@@ -32,9 +38,11 @@ def rule(keys: Sequence[str]) -> str:
     names = ", ".join(keys)
     return (f"for each K (and each value of every other config key but the seed), the {names} "
             f"with the best mean validation accuracy (`{SELECTOR}` of the final record) over "
-            "seeds; ties go to the smaller value; a value at which any seed diverged is not a "
-            "candidate. Test accuracy is never used to select; the tuned figures and fits show "
-            "test accuracy at the selected values.")  # fmt: skip
+            "seeds; ties go to the smaller value; a value at which any seed diverged, or that an "
+            "early-stopping scheduler stopped on any seed, is not a candidate (if every value "
+            "was stopped on some seed, each seed keeps the survivor of its own race). Test "
+            "accuracy is never used to select; the tuned figures and fits show test accuracy "
+            "at the selected values.")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ def tune_on_validation(trials: pd.DataFrame, keys: Sequence[str] = DEFAULT_TUNED
     keys = tuple(k for k in keys if k in trials.columns)
     if not keys or trials.empty:
         return None
-    pool = trials[trials["exclusion"].isin(["", "diverged"])]
+    pool = trials[trials["exclusion"].isin(["", "diverged", STOPPED_REASON])]
     cell_keys = ["study", *(c for c in _config(pool) if c not in keys and c != "seed")]
     # the tuned view is a view of K: it exists when a key varies at some K of IL
     lin = pool[pool["trainer"] == "linearised"] if "trainer" in pool else pool
@@ -99,11 +107,15 @@ def _select(cell: pd.DataFrame, keys: tuple[str, ...]) -> tuple[pd.DataFrame | N
         done = part[part["exclusion"] == ""]
         val = done[SELECTOR].astype(float).dropna() if SELECTOR in done else pd.Series(dtype=float)
         lost = int((part["exclusion"] == "diverged").sum())
-        ok = lost == 0 and len(val) > 0
-        scores.append((values, float(val.mean()) if len(val) else math.nan, len(val), lost, ok))
+        stopped = int((part["exclusion"] == STOPPED_REASON).sum())
+        ok = lost == 0 and stopped == 0 and len(val) > 0
+        mean = float(val.mean()) if len(val) else math.nan
+        scores.append((values, mean, len(val), lost, ok, stopped))
     candidates = [s for s in scores if s[4]]
-    listed = "; ".join(_describe(keys, v, m, n, d) for v, m, n, d, _ in scores)
+    listed = "; ".join(_describe(keys, v, m, n, d, st) for v, m, n, d, _, st in scores)
     row = {"candidates": listed, "n_candidates": len(candidates)}
+    if not candidates and any(s[5] for s in scores):
+        return _survivors(cell, keys, row)
     if not candidates:
         why = "every value diverged on some seed" if any(s[3] for s in scores) else "no val_acc"
         return None, row | {k: math.nan for k in keys} | {"note": f"nothing selected: {why}"}
@@ -121,6 +133,31 @@ def _select(cell: pd.DataFrame, keys: tuple[str, ...]) -> tuple[pd.DataFrame | N
     return pick, row
 
 
+def _survivors(
+    cell: pd.DataFrame, keys: tuple[str, ...], row: dict
+) -> tuple[pd.DataFrame | None, dict]:
+    """Each seed's winner of its scheduler race: its finished trial with the best val_acc."""
+    done = cell[cell["exclusion"] == ""]
+    if done.empty or SELECTOR not in done:
+        return None, row | {k: math.nan for k in keys} | {"note": "nothing selected: no survivor"}
+    picks = []
+    for _, seed in done.groupby("seed", sort=True):
+        order = sorted(
+            seed.index,
+            key=lambda i: (-float(seed.at[i, SELECTOR]), *(_order(seed.at[i, k]) for k in keys)),
+        )
+        picks.append(seed.loc[[order[0]]])
+    pick = pd.concat(picks)
+    chosen = {k: sorted(set(pick[k]), key=_order) for k in keys}
+    row |= {k: v[0] if len(v) == 1 else math.nan for k, v in chosen.items()}
+    row |= {"val_acc_mean": float(pick[SELECTOR].mean()), "seeds": len(pick),
+            "test_acc_mean": float(pick["test_acc"].mean()) if "test_acc" in pick else math.nan,
+            "note": "every value was stopped on some seed: each seed keeps the survivor of its "
+                    "own race (" + "; ".join(f"{k} {'/'.join(format_value(x) for x in v)}"
+                                             for k, v in chosen.items()) + ")"}  # fmt: skip
+    return pick, row
+
+
 def _order(value: object) -> tuple:
     try:
         return (0, float(value))  # type: ignore[arg-type]
@@ -128,10 +165,13 @@ def _order(value: object) -> tuple:
         return (1, str(value))
 
 
-def _describe(keys: tuple[str, ...], values: tuple, mean: float, n: int, lost: int) -> str:
+def _describe(
+    keys: tuple[str, ...], values: tuple, mean: float, n: int, lost: int, stopped: int = 0
+) -> str:
     name = ", ".join(f"{k}={format_value(v)}" for k, v in zip(keys, values, strict=True))
     score = f"val {mean:.4f} ({n} seed{'s' * (n != 1)})" if np.isfinite(mean) else "no val"
-    return f"{name}: {score}" + (f", {lost} diverged" if lost else "")
+    return (f"{name}: {score}" + (f", {lost} diverged" if lost else "")
+            + (f", {stopped} stopped by the scheduler" if stopped else ""))  # fmt: skip
 
 
 def _tidy(selected: pd.DataFrame, cell_keys: list[str]) -> pd.DataFrame:
