@@ -9,6 +9,7 @@ from search_spaces.space import Space
 # Module names under search_spaces/, one space each; order is the order `--list` shows.
 _MODULES = (
     "k_sweep",
+    "k_adaptive",
     "phase_diagram",
     "lr_sweep",
     "damping_sweep",

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from study.errors import StudyError
+from study.ray_internals import EMBEDDED_SYSTEM_CONFIG, stop_autoscaler_monitor
 from study.storage import Storage
 
 CONNECT_TIMEOUT_S = 3.0
@@ -29,10 +30,6 @@ QUIET_ENV = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
 }
-# The embedded Ray starts no idle workers when the driver connects: Tune's trial actors carry a
-# runtime_env (env_vars), so Ray never gives them those workers, which only take CPU from the
-# first trials while they start (2 workers ≈ 1 CPU-second).
-EMBEDDED_CONFIG = {"prestart_worker_first_driver": False}
 # The embedded Ray binds to 127.0.0.1 only when this is 0; must be set before `import ray`.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
@@ -106,45 +103,12 @@ class Connection:
 
         if self.owned and ray.is_initialized():
             if self.address is None:
-                _stop_autoscaler_monitor()
+                stop_autoscaler_monitor()
             ray.shutdown()
 
 
-def _stop_autoscaler_monitor() -> None:
-    """Kill the embedded Ray's autoscaler monitor before `ray.shutdown()`, which would cost 1 s.
-
-    The shutdown stops the GCS before the monitor; the monitor's SIGTERM handler then tries to
-    report its own termination to the dead GCS until Ray SIGKILLs it one second later. A local
-    Ray has nothing to autoscale, so the monitor has nothing to finish. Best effort: through a
-    private attribute of Ray 2.x, and a no-op wherever that is missing.
-    """
-    try:
-        from ray._private import ray_constants, worker
-
-        node = worker._global_node
-        infos = node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []
-    except (ImportError, AttributeError):
-        return
-    for info in infos:
-        process = getattr(info, "process", None)
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def driver_staging_root() -> str | None:
-    """This Ray session's folder of Tune's driver staging folders, or None when unknown.
-
-    Through a private helper of Ray 2.x (`ray.train.constants._get_ray_train_session_dir`):
-    Tune exposes the staging folder only to a running experiment, and a resume must clean it
-    before `fit()` (study.snapshots.prune_driver_staging). None wherever the helper is missing.
-    """
-    try:
-        from ray.train.constants import _get_ray_train_session_dir
-
-        return _get_ray_train_session_dir()
-    except Exception:
-        return None
+# The name tests use for the one private shutdown step (study.ray_internals).
+_stop_autoscaler_monitor = stop_autoscaler_monitor
 
 
 def runtime_env() -> dict[str, Any]:
@@ -174,17 +138,19 @@ def connect(address: str | None, verbose: bool = False) -> Connection:
     else:
         preload = _import_in_background("study.tuner")
         try:
-            # address="local": never attach to a stale cluster (RAY_NOTES trap 7).
-            ray.init(address="local", include_dashboard=False, _system_config=EMBEDDED_CONFIG, **common)  # fmt: skip
+            # address="local": never attach to a cluster a stale `ray_current_cluster` file
+            # names (one left by a dead cluster would make a plain ray.init() try to).
+            ray.init(address="local", include_dashboard=False, _system_config=EMBEDDED_SYSTEM_CONFIG, **common)  # fmt: skip
         finally:
             preload.join()
     return Connection(address=address, owned=True)
 
 
 def _import_in_background(module: str) -> threading.Thread:
-    """Import `module` in a thread. Starting an embedded Ray leaves a core idle for seconds
-    while `ray.init` waits on Ray's daemons without the GIL; Tune's import (≈ 1 s, which the
-    study needs next) fits there. An error is left for the study's own import to raise."""
+    """Import `module` in a thread. Starting an embedded Ray leaves a core idle while
+    `ray.init` waits on Ray's daemons without the GIL; Tune's import, which the study needs
+    next and which is shorter than that wait, fits there. An error is left for the study's
+    own import to raise."""
 
     def target() -> None:
         with contextlib.suppress(Exception):

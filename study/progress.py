@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from study.results import ENDED, Status
 from study.writer import trial_status
 
 
@@ -63,9 +64,9 @@ class ProgressLine(Callback):
         now = time.time()
         self._t0 = self._t0 or now
         statuses = [trial_status(t) for t in trials]
-        done = sum(s in ("TERMINATED", "DIVERGED") for s in statuses)
-        errored, diverged = statuses.count("ERROR"), statuses.count("DIVERGED")
-        running = statuses.count("RUNNING")
+        done = sum(s in ENDED for s in statuses)
+        errored, diverged = statuses.count(Status.ERROR), statuses.count(Status.DIVERGED)
+        running = statuses.count(Status.RUNNING)
         if self._done_at_start is None:
             self._done_at_start = done + errored
         total = max(self.total, len(trials))

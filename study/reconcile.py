@@ -13,30 +13,11 @@ from __future__ import annotations
 
 import json
 
+from study.ray_internals import mark_errored
+from study.results import Status
 from study.storage import StudyPaths, newest_state, trial_statuses, write_bytes_atomic
 
-UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
-
-
-def mark_errored(state: dict, errored: set[str]) -> list[str]:
-    """Set ERROR on unfinished trials of a Tune experiment state that are in `errored`.
-
-    `state["trial_data"]` holds `[trial_json, run_metadata_json]` pairs, each a JSON text.
-    Returns the ids changed, in snapshot order.
-    """
-    changed = []
-    for pair in state.get("trial_data", []):
-        trial = json.loads(pair[0])
-        if trial.get("trial_id") not in errored or trial.get("status") not in UNFINISHED:
-            continue
-        trial["status"] = "ERROR"
-        pair[0] = json.dumps(trial, indent=2)
-        metadata = json.loads(pair[1])
-        if metadata.get("error_filename") is None:  # lets Tune find the trial's error.txt
-            metadata["error_filename"] = "error.txt"
-        pair[1] = json.dumps(metadata)
-        changed.append(trial["trial_id"])
-    return changed
+__all__ = ["mark_errored", "reconcile_errored"]
 
 
 def reconcile_errored(paths: StudyPaths) -> list[str]:
@@ -45,7 +26,7 @@ def reconcile_errored(paths: StudyPaths) -> list[str]:
     Only unfinished trials change, so a study whose snapshot is right is left untouched.
     The file is replaced atomically.
     """
-    errored = {t for t, status in trial_statuses(paths).items() if status == "ERROR"}
+    errored = {t for t, status in trial_statuses(paths).items() if status == Status.ERROR}
     state_path = newest_state(paths)
     if not errored or state_path is None:
         return []

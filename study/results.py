@@ -1,15 +1,21 @@
-"""The results layout (DESIGN.md, contract): Parquet schemas, rows, and the per-trial file.
+"""The results layout, defined once: Parquet schemas, rows, statuses, and the per-trial file.
 
 `<storage>/<study>/results/metrics/<trial_id>.parquet`: one row per (trial, step), written
 whole and atomically by the trial itself from the rows kept in its checkpoint, so the file
 always matches a state the trial can continue from. `results/trials.parquet`: one row per
 trial, written by the driver (`study.writer.TrialsWriter`).
+
+The files describe themselves: every field carries its `Role` in its Arrow field metadata
+(`{b"role": b"config"}`), the status field lists the `Status` values, and the schema metadata
+carries the layout's version (`LAYOUT_KEY`). A reader (`reports`) takes roles from the files,
+never from a list of its own; this module is the only list.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
@@ -19,11 +25,54 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from study.storage import write_parquet_atomic
-from trainables import RECORD_KEYS, TrialConfig
+from trainables import MEASURE_KEYS, RECORD_KEYS, TrialConfig
+
+LAYOUT_VERSION = "1"  # +1 whenever a reader of older files would misread the new ones
+LAYOUT_KEY = b"ilstudy.layout"  # schema metadata: the layout's version
+TABLE_KEY = b"ilstudy.table"  # schema metadata: "metrics" or "trials"
+ROLE_KEY = b"role"  # field metadata: the column's Role
+VALUES_KEY = b"values"  # field metadata of the status field: the Status values, comma-separated
+
+
+class Role(enum.StrEnum):
+    """What a column is; the value stored in its field metadata under ROLE_KEY."""
+
+    ID = "id"  # which study and trial the row belongs to
+    CONFIG = "config"  # a trial config key: constant within a trial, defines what is trained
+    METRIC = "metric"  # a value of the trial's record, changing with the step
+    MEASURE = "measure"  # a feature-learning measure of the record (NaN when not measured)
+    PROVENANCE = "provenance"  # where, when and with what code or data the row was made
+    STATUS = "status"  # the trial's state, and its error
+    TIMING = "timing"  # when the trial started and finished, and how long it ran
+
+
+class Status(enum.StrEnum):
+    """A trial's status in trials.parquet."""
+
+    PENDING = "PENDING"  # not running now; a (resumed) study runs it
+    RUNNING = "RUNNING"
+    TERMINATED = "TERMINATED"  # ran to total_steps
+    DIVERGED = "DIVERGED"  # ended at a record flagged diverged
+    STOPPED = "STOPPED"  # ended early by a Tune scheduler (ASHA) or stop rule; keeps its rows
+    ERROR = "ERROR"
+
+
+FINISHED = (Status.TERMINATED, Status.DIVERGED)  # ran as far as the trial itself would
+ENDED = (*FINISHED, Status.STOPPED)  # never runs again, and not for an error
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 _INT_METRICS = {"step", "feature_updates"}
 _BOOL_METRICS = {"diverged"}
+# Config keys that say where the data lived or how it was fetched, not what is trained: the
+# same trial may run with another data_dir, and data_sha256 pins the bytes of data_path. They
+# are provenance, so no reader groups trials by them.
+_CONFIG_PROVENANCE = {"data_dir", "download", "data_sha256"}
+
+
+def _field(name: str, type_: pa.DataType, role: Role, **extra: str) -> pa.Field:
+    metadata = {ROLE_KEY: role.value.encode()}
+    metadata |= {key.encode(): value.encode() for key, value in extra.items()}
+    return pa.field(name, type_, metadata=metadata)
 
 
 def _config_type(field: dataclasses.Field) -> pa.DataType:
@@ -33,7 +82,12 @@ def _config_type(field: dataclasses.Field) -> pa.DataType:
     return {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}.get(kind, pa.string())
 
 
-CONFIG_FIELDS = [pa.field(f.name, _config_type(f)) for f in dataclasses.fields(TrialConfig)]
+CONFIG_FIELDS = [
+    _field(
+        f.name, _config_type(f), Role.PROVENANCE if f.name in _CONFIG_PROVENANCE else Role.CONFIG
+    )
+    for f in dataclasses.fields(TrialConfig)
+]
 
 
 def _metric_type(key: str) -> pa.DataType:
@@ -42,49 +96,57 @@ def _metric_type(key: str) -> pa.DataType:
     return pa.bool_() if key in _BOOL_METRICS else pa.float64()
 
 
-METRIC_FIELDS = [pa.field(key, _metric_type(key)) for key in RECORD_KEYS]
+METRIC_FIELDS = [
+    _field(key, _metric_type(key), Role.MEASURE if key in MEASURE_KEYS else Role.METRIC)
+    for key in RECORD_KEYS
+]
+ID_FIELDS = [_field("study", pa.string(), Role.ID), _field("trial_id", pa.string(), Role.ID)]
 # Written with every row: where, when and with what code the row was made.
 PROVENANCE_FIELDS = [
-    pa.field("attempt", pa.int64()),  # 0 on the first run; +1 per restore from a checkpoint
-    pa.field("reported_at", TIMESTAMP),  # wall clock of the trial's process at the report
-    pa.field("device", pa.string()),
-    pa.field("node", pa.string()),
-    pa.field("ilstudy_version", pa.string()),
-    pa.field("torch_version", pa.string()),
+    _field("attempt", pa.int64(), Role.PROVENANCE),  # 0 on the first run; +1 per restore
+    _field("reported_at", TIMESTAMP, Role.PROVENANCE),  # the trial process's clock at the report
+    _field("device", pa.string(), Role.PROVENANCE),
+    _field("node", pa.string(), Role.PROVENANCE),
+    _field("ilstudy_version", pa.string(), Role.PROVENANCE),
+    _field("torch_version", pa.string(), Role.PROVENANCE),
 ]
-METRICS_SCHEMA = pa.schema(
-    [
-        pa.field("study", pa.string()),
-        pa.field("trial_id", pa.string()),
-        *CONFIG_FIELDS,
-        *METRIC_FIELDS,
-        *PROVENANCE_FIELDS,
-    ]
+
+
+def _schema(table_name: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={LAYOUT_KEY: LAYOUT_VERSION.encode(), TABLE_KEY: table_name.encode()})  # fmt: skip
+
+
+METRICS_SCHEMA = _schema(
+    "metrics", [*ID_FIELDS, *CONFIG_FIELDS, *METRIC_FIELDS, *PROVENANCE_FIELDS]
 )
 METRIC_NAMES = tuple(f.name for f in METRIC_FIELDS)
 CONFIG_NAMES = tuple(f.name for f in CONFIG_FIELDS)
 
-STATUSES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "DIVERGED", "ERROR")
-TRIALS_SCHEMA = pa.schema(
+TRIALS_SCHEMA = _schema(
+    "trials",
     [
-        pa.field("study", pa.string()),
-        pa.field("trial_id", pa.string()),
-        pa.field("status", pa.string()),  # one of STATUSES
+        *ID_FIELDS,
+        _field("status", pa.string(), Role.STATUS, values=",".join(Status)),
         *CONFIG_FIELDS,
         *METRIC_FIELDS,  # the trial's last record (final metrics once it has finished)
-        pa.field("started_at", TIMESTAMP),  # first start of the trial, kept across restores
-        pa.field("finished_at", TIMESTAMP),  # null until TERMINATED, DIVERGED or ERROR
-        pa.field("wall_s", pa.float64()),  # seconds the trial ran, summed over attempts
-        pa.field("error", pa.string()),  # first line of the error, for ERROR trials
-        pa.field("logdir", pa.string()),  # Ray Tune's folder of this trial, in the study folder
-        pa.field("device", pa.string()),
-        pa.field("node", pa.string()),
-        pa.field("ilstudy_version", pa.string()),
-        pa.field("torch_version", pa.string()),
-        pa.field("ray_version", pa.string()),
-        pa.field("python_version", pa.string()),
-    ]
+        _field("started_at", TIMESTAMP, Role.TIMING),  # first start, kept across restores
+        _field("finished_at", TIMESTAMP, Role.TIMING),  # null until the trial has ended
+        _field("wall_s", pa.float64(), Role.TIMING),  # seconds the trial ran, over all attempts
+        _field("error", pa.string(), Role.STATUS),  # first line of the error, for ERROR trials
+        _field("logdir", pa.string(), Role.PROVENANCE),  # Tune's folder of the trial
+        _field("device", pa.string(), Role.PROVENANCE),
+        _field("node", pa.string(), Role.PROVENANCE),
+        _field("ilstudy_version", pa.string(), Role.PROVENANCE),
+        _field("torch_version", pa.string(), Role.PROVENANCE),
+        _field("ray_version", pa.string(), Role.PROVENANCE),
+        _field("python_version", pa.string(), Role.PROVENANCE),
+    ],
 )
+
+
+def roles(schema: pa.Schema) -> dict[str, str]:
+    """column → role, as the schema's field metadata states it."""
+    return {f.name: (f.metadata or {}).get(ROLE_KEY, b"").decode() for f in schema}
 
 
 def config_columns(config: Mapping[str, Any] | TrialConfig) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from study.cluster import check_reachable, check_resource_values
 from study.errors import StudyError
 from study.lock import Lock, acquire, lock_path, release
 from study.plan import Plan, build_plan, default_num_samples, get_space
+from study.ray_internals import check_ray_version
+from study.results import ENDED, Status
 from study.spec import StudySpec, check_same, now_iso
 from study.storage import (
     StudyPaths,
@@ -81,11 +83,12 @@ class Outcome:
 
     @property
     def finished(self) -> int:
-        return self.counts.get("TERMINATED", 0) + self.counts.get("DIVERGED", 0)
+        """Trials that will not run again, errors aside (a scheduler's STOPPED included)."""
+        return sum(self.counts.get(status, 0) for status in ENDED)
 
     @property
     def exit_code(self) -> int:
-        if self.counts.get("ERROR", 0) or self.lost:
+        if self.counts.get(Status.ERROR, 0) or self.lost:
             return EXIT_ERRORED
         return EXIT_OK if self.finished >= self.total else EXIT_INTERRUPTED
 
@@ -229,6 +232,7 @@ def run_study(
 ) -> Outcome:
     """Validate, connect, check the cluster, then run or resume the study to its end."""
     out = out or sys.stdout
+    check_ray_version()  # before anything touches Ray: its internals are used (ray_internals)
     prepared = prepare(options)
     if options.address:
         check_reachable(options.address)
@@ -368,7 +372,9 @@ def _print_summary(outcome: Outcome, spec: StudySpec, out: TextIO) -> None:
     mins, secs = divmod(int(outcome.wall_s), 60)
     print(
         f"{outcome.finished}/{outcome.total} trials finished "
-        f"({c.get('DIVERGED', 0)} diverged, {c.get('ERROR', 0)} errored) in {mins}:{secs:02d}",
+        f"({c.get(Status.DIVERGED, 0)} diverged, {c.get(Status.ERROR, 0)} errored"
+        + (f", {c[Status.STOPPED]} stopped by the scheduler" if c.get(Status.STOPPED) else "")
+        + f") in {mins}:{secs:02d}",
         file=out,
     )
     print(f"metrics: {paths.display(paths.metrics)}/  (one row per trial and step)", file=out)

@@ -5,7 +5,8 @@ Tune names a snapshot `experiment_state-<session start in local time>.json` (one
 run, rewritten in place) and restores the greatest *name*, as it does its searcher and callback
 pickles of the same session. A resume from a shell with another TZ, after a DST fall-back or a
 clock step back, writes a snapshot whose name sorts *before* the old one, so a later resume
-loaded a stale snapshot whose checkpoints were gone (RAY_NOTES trap 10). Here:
+loaded a stale snapshot whose checkpoints were gone (finished trials became ERROR for good).
+Here:
 
 - The snapshot a resume continues from is recorded in `<study>/snapshot.json`. Every other
   snapshot present at the next resume was written after it (by the run that continued from
@@ -16,26 +17,26 @@ loaded a stale snapshot whose checkpoints were gone (RAY_NOTES trap 10). Here:
   choice by name can only pick the chosen one.
 
 This reads Tune's on-disk file names (`<prefix>-<session>.<ext>`) and one field of its
-experiment state; Tune offers no public API to choose the snapshot a restore uses.
+experiment state, both through study.ray_internals: Tune offers no public API to choose the
+snapshot a restore uses.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from pathlib import PurePosixPath
 
-from study.cluster import driver_staging_root
-from study.storage import SESSION_FILE, StudyPaths, experiment_files, write_json_atomic
+from study.ray_internals import (
+    STATE_PREFIX,
+    driver_staging_folders,
+    session_of,
+    snapshot_start_time,
+)
+from study.storage import StudyPaths, experiment_files, write_json_atomic
 
 MARK_FILE = "snapshot.json"  # {"restored_from": "<experiment_state-....json>"}
-STATE_PREFIX = "experiment_state-"
-
-
-def session_of(name: str) -> str | None:
-    match = SESSION_FILE.match(name)
-    return match.group("session") if match else None
+__all__ = ["choose", "keep_only", "prune_driver_staging", "restored_from", "session_of"]
 
 
 def _state_names(names: list[str]) -> list[str]:
@@ -61,10 +62,9 @@ def _start_time(paths: StudyPaths, name: str) -> float | None:
     try:
         with fs.open_input_stream(str(PurePosixPath(paths.experiment, name))) as f:
             state = json.loads(f.readall().decode())
-        value = state["stats"]["start_time"]
-        return float(value)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
+    return snapshot_start_time(state)
 
 
 def _mtime(paths: StudyPaths, name: str) -> float:
@@ -114,17 +114,11 @@ def prune_driver_staging(experiment_name: str, chosen: str) -> list[str]:
     Tune stages its snapshot and pickles in a local folder of the Ray session (reused when one
     Ray session, e.g. a long-running cluster, runs several drivers of a study), restores its
     searcher from there, and uploads the whole folder at each snapshot: stale files left there
-    would come back to storage. The folder's layout is Ray's
-    (`<root>/<timestamp>/<experiment>/driver_artifacts`, Ray 2.60; the root from
-    `study.cluster.driver_staging_root`).
+    would come back to storage. The folders are Ray's (study.ray_internals).
     """
-    root = driver_staging_root()
-    if root is None:
-        return []
     session = session_of(chosen)
     removed = []
-    for folder in glob.glob(os.path.join(glob.escape(root), "*", glob.escape(experiment_name),
-                                         "driver_artifacts")):  # fmt: skip
+    for folder in driver_staging_folders(experiment_name):
         for name in os.listdir(folder):
             other = session_of(name)
             if other is not None and other != session:

@@ -26,12 +26,13 @@ import pyarrow.parquet as pq
 
 from study.errors import StudyError
 from study.lock import LOCK_FILE, describe, is_live, lock_path, read_holder
+from study.results import FINISHED, Status
 from study.spec import StudySpec
 from study.storage import StudyPaths, check_name, read_json, resolve_storage
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
-FINISHED = ("TERMINATED", "DIVERGED")  # done for good; STOPPED ends early by design
-ENDED_EARLY = ("DIVERGED", "STOPPED")  # the steps after their last record are never run
+# FINISHED: done for good; STOPPED ends early by design.
+ENDED_EARLY = (Status.DIVERGED, Status.STOPPED)  # the steps after their last record never run
 NOT_STARTED = "NOT_STARTED"  # planned trials the searcher has not created yet
 
 
@@ -67,7 +68,9 @@ def status(name: str, storage: str = "studies") -> dict[str, Any]:
     if planned > known:
         counts[NOT_STARTED] += planned - known
     steps_total = _steps_total(spec, space, trials, planned, steps_per_new)
-    steps_done = sum(t.total_steps if t.status == "TERMINATED" else t.step for t in trials.values())
+    steps_done = sum(
+        t.total_steps if t.status == Status.TERMINATED else t.step for t in trials.values()
+    )
     ended_early = sum(
         max(t.total_steps - t.step, 0) for t in trials.values() if t.status in ENDED_EARLY
     )

@@ -19,28 +19,19 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from study.errors import StudyError
+from study.ray_internals import (
+    RESUME_PICKLES,
+    STATE_PATTERN,
+    TUNER_FILE,
+    session_of,
+    snapshot_problem,
+)
 
 # A name is one path component: letters, digits, '_', '-', '.'; no leading '.', no '..'.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 SPEC_FILE = "study.json"  # what the study remembers: space, overrides, searcher, ...
 RESULTS_DIR = "results"
-STATE_PATTERN = re.compile(r"^experiment_state-.*\.json$")  # Tune's experiment snapshot
-# Pickles Tune loads on resume (the newest of each); a damaged one makes it start over too.
-RESUME_PICKLES = (
-    re.compile(r"^searcher-state-.*\.pkl$"),
-    re.compile(r"^search_gen_state-.*\.json$"),
-    re.compile(r"^basic-variant-state-.*\.json$"),
-    re.compile(r"^callback-states-.*\.pkl$"),
-)
-TUNER_FILE = "tuner.pkl"  # Tune's restore entry point
-# Each of the files above is `<prefix>-<session>.<ext>`, the session being the driver run's
-# start in local time (Ray 2.60); study.snapshots keeps one session's files only.
-SESSION_FILE = re.compile(
-    r"^(experiment_state|searcher-state|search_gen_state|basic-variant-state|callback-states)"
-    r"-(?P<session>.+)\.(json|pkl)$"
-)
-CHECKPOINT_PREFIX = "checkpoint_"  # Tune's folder of one trial checkpoint: checkpoint_<index>
 # URI schemes a study may use: pyarrow.fs opens them and Tune can store an experiment there
 # (pyarrow's mock:// is an in-process test filesystem that other processes cannot see).
 URI_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
@@ -355,17 +346,22 @@ def trial_statuses(paths: StudyPaths) -> dict[str, str]:
 
 
 def finished_trials(paths: StudyPaths) -> dict[str, str | None]:
-    """trial_id → Tune's folder of the trial, for trials that finished (TERMINATED, DIVERGED)."""
+    """trial_id → Tune's folder of the trial, for trials that finished (TERMINATED, DIVERGED).
+
+    A STOPPED trial is left out: its file may hold rows reported after its last checkpoint.
+    """
+    from study.results import FINISHED
+
     columns = read_trials(paths, ["trial_id", "status", "logdir"])
     rows = zip(columns["trial_id"], columns["status"], columns["logdir"], strict=True)
-    return {t: logdir for t, status, logdir in rows if status in ("TERMINATED", "DIVERGED")}
+    return {t: logdir for t, status, logdir in rows if status in FINISHED}
 
 
 def check_resumable(paths: StudyPaths) -> str:
     """The newest Tune snapshot, after checking it parses; StudyError naming the bad file.
 
-    Ray 2.60 silently starts an experiment over when its newest snapshot is empty or
-    unreadable (RAY_NOTES trap 1); a resume must never do that.
+    Tune silently starts an experiment over when its newest snapshot is empty or unreadable
+    (a hard kill can leave an empty one); a resume must never do that.
     """
     fs = paths.storage.fs
     if not paths.exists():
@@ -396,16 +392,14 @@ def check_resumable(paths: StudyPaths) -> str:
             "(the study was stopped before Ray Tune saved it); "
             f"delete {paths.display(paths.experiment)} to start over"
         )
-    from study.snapshots import choose, session_of
+    from study.snapshots import choose
 
-    chosen = choose(paths, names)  # by content, not Tune's newest name (RAY_NOTES trap 10)
+    chosen = choose(paths, names)  # by content, not by Tune's newest name (study.snapshots)
     newest = str(PurePosixPath(paths.experiment, chosen))
     try:
-        raw = _read(fs, newest)
-        state = json.loads(raw) if raw.strip() else None
-        trial_data = state.get("trial_data") if isinstance(state, dict) else None
-        if not trial_data or "runner_data" not in state:
-            raise ValueError("empty" if not raw.strip() else "no trials in it")
+        problem = snapshot_problem(_read(fs, newest))
+        if problem:
+            raise ValueError(problem)
     except (OSError, ValueError) as exc:
         raise _unreadable(paths, "the experiment state " + paths.display(newest), exc) from None
     _check_pickle(paths, str(PurePosixPath(paths.experiment, TUNER_FILE)))

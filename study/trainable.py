@@ -1,11 +1,13 @@
 """The Ray Tune function trainable: a thin adapter around `trainables.Trial`.
 
+The science (`trainables`) knows no service; this adapter is the service's side of a trial.
 It restores from `tune.get_checkpoint()`, reports every record with `tune.report`, and
 checkpoints every `checkpoint_every` records (or `checkpoint_every_s` seconds) and always at
 the end. A checkpoint holds the trial state *and the trial's rows so far*; at each checkpoint
 the trial rewrites `results/metrics/<trial_id>.parquet` from exactly those rows, so what is
 stored always matches a state the trial can continue from, and a redone report after a
-restore (RAY_NOTES trap 2) rewrites the same (trial, step) rows instead of adding new ones.
+restore (Tune restores from its last experiment snapshot, not the newest checkpoint, so
+about one report per trial is redone) rewrites the same (trial, step) rows instead of adding new ones.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from study.ray_internals import CHECKPOINT_PREFIX, this_trial_storage
+
 TRAINABLE_NAME = "ilstudy_trial"  # stable: Tuner.restore finds the trainable by this name
 _STATE_FILE = "state.pt"  # torch.save of {"trial": Trial.state_dict(), "adapter": {...}}
-_ROWS_FILE = "rows.parquet"  # the trial's metrics rows up to this checkpoint
+ROWS_FILE = "rows.parquet"  # the trial's metrics rows up to this checkpoint (study.verify)
 _CKPT_PREFIX = "ilstudy-ckpt-"  # + "<pid>-": a checkpoint's staging folder in the temp dir
 
 
@@ -63,12 +67,10 @@ def _trial_cpus() -> float:
 
 def _results_location() -> tuple[Any, str]:
     """(filesystem, `<storage>/<study>/results`) as seen from this trial's process."""
-    from ray.train._internal.session import get_storage
-
     from study.storage import results_dir
 
-    storage = get_storage()
-    return storage.storage_filesystem, results_dir(storage.experiment_fs_path)
+    storage = this_trial_storage()
+    return storage.fs, results_dir(storage.experiment)
 
 
 def _trial_checkpoints() -> list[Any]:
@@ -76,17 +78,16 @@ def _trial_checkpoints() -> list[Any]:
 
     Tune hands a restored trial the checkpoint its last experiment snapshot recorded, which
     can be older than the trial's newest checkpoint on storage: a checkpoint counts only after
-    the next snapshot (RAY_NOTES trap 12), so a driver killed in between made the trial redo
-    that work. The trial folder comes from Ray's private storage context (as in
-    `_results_location`): the public API gives no checkpoint but the snapshot's.
+    the next snapshot, so a driver killed in between made the trial redo that work. The
+    trial folder comes from Ray's private storage context (study.ray_internals): the public
+    API gives no checkpoint but the snapshot's.
     """
     import pyarrow.fs as pafs
     from ray import tune
-    from ray.train._internal.session import get_storage
 
     try:
-        storage = get_storage()
-        fs, folder = storage.storage_filesystem, storage.trial_fs_path
+        storage = this_trial_storage()
+        fs, folder = storage.fs, storage.trial
         infos = fs.get_file_info(pafs.FileSelector(folder))
     except Exception:
         return []
@@ -94,7 +95,7 @@ def _trial_checkpoints() -> list[Any]:
         tune.Checkpoint(info.path, filesystem=fs)
         for info in infos
         if info.type == pafs.FileType.Directory
-        and os.path.basename(info.path).startswith("checkpoint_")
+        and os.path.basename(info.path).startswith(CHECKPOINT_PREFIX)
     ]
 
 
@@ -115,7 +116,7 @@ def _restore(given: Any, device: str) -> tuple[dict[str, Any], list[dict[str, An
     ):
         try:
             with checkpoint.as_directory() as directory:
-                steps = pq.read_table(os.path.join(directory, _ROWS_FILE), columns=["step"])
+                steps = pq.read_table(os.path.join(directory, ROWS_FILE), columns=["step"])
             ranked.append((len(set(steps.column("step").to_pylist())), -order, checkpoint))
         except Exception:
             continue
@@ -125,7 +126,7 @@ def _restore(given: Any, device: str) -> tuple[dict[str, Any], list[dict[str, An
                 saved = torch.load(
                     os.path.join(directory, _STATE_FILE), map_location=device, weights_only=False
                 )
-                rows = pq.read_table(os.path.join(directory, _ROWS_FILE)).to_pylist()
+                rows = pq.read_table(os.path.join(directory, ROWS_FILE)).to_pylist()
         except Exception:
             if checkpoint is given and len(ranked) == 1:
                 raise  # Tune's own checkpoint and nothing else: its error is the trial's
@@ -241,7 +242,7 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
                 {"trial": trial.state_dict(), "adapter": dict(meta)},
                 os.path.join(directory, _STATE_FILE),
             )
-            pq.write_table(table(rows, METRICS_SCHEMA), os.path.join(directory, _ROWS_FILE))
+            pq.write_table(table(rows, METRICS_SCHEMA), os.path.join(directory, ROWS_FILE))
             # The file first, then the checkpoint: once Tune sees a trial finish, its file
             # is complete; a crash in between leaves rows a restored trial will rewrite.
             write_metrics(fs, results, trial_id, rows)

@@ -14,8 +14,8 @@ from study.plan import Plan
 from study.progress import ProgressLine
 from study.spec import StudySpec
 from study.storage import StudyPaths
+from study.trainable import AdapterSettings, make_trainable
 from study.writer import TrialsWriter
-from trainables.ray_trainable import AdapterSettings, make_trainable
 
 
 def trainable(spec: StudySpec, name: str) -> Any:

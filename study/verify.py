@@ -2,13 +2,13 @@
 
 A finished trial (TERMINATED or DIVERGED in trials.parquet) never runs again, so nothing else
 would notice its `results/metrics/<trial_id>.parquet` missing, truncated or overwritten. Its
-final checkpoint holds the same rows (`rows.parquet`, written by trainables.ray_trainable),
+final checkpoint holds the same rows (`rows.parquet`, written by study.trainable),
 so a file that is unreadable or holds other (trial, step) rows is rewritten from there. A file
 that is bad and whose checkpoint is gone too cannot be recovered: the resume names it, runs
 the rest, and exits 1.
 
 This reads Tune's on-disk layout of a trial folder (`checkpoint_<index>/`, named in
-study.storage): Tune's public API gives a trial's checkpoints only inside the running trial,
+study.ray_internals): Tune's public API gives a trial's checkpoints only inside the running trial,
 not to the driver before `fit()`.
 """
 
@@ -21,11 +21,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from study.results import METRICS_SCHEMA, metrics_file, table, unique_by_step
-from study.storage import CHECKPOINT_PREFIX, StudyPaths, write_parquet_atomic
+from study.ray_internals import CHECKPOINT_PREFIX
+from study.results import FINISHED, METRICS_SCHEMA, metrics_file, table, unique_by_step
+from study.storage import StudyPaths, write_parquet_atomic
+from study.trainable import ROWS_FILE
 
-FINISHED = ("TERMINATED", "DIVERGED")
-ROWS_FILE = "rows.parquet"  # trainables.ray_trainable._ROWS_FILE
+__all__ = ["FINISHED", "checkpoint_rows", "verify_finished"]
 
 
 def _read_table(fs: pafs.FileSystem, path: str) -> pa.Table | None:

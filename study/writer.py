@@ -12,9 +12,12 @@ from typing import Any
 import pyarrow.parquet as pq
 from ray.tune import Callback
 
+from study.ray_internals import trial_storage
 from study.results import (
     CONFIG_NAMES,
+    ENDED,
     TRIALS_SCHEMA,
+    Status,
     config_columns,
     metric_columns,
     metrics_file,
@@ -28,18 +31,38 @@ from trainables import TrialConfig
 _PROVENANCE = ("attempt", "device", "node", "ilstudy_version", "torch_version")
 
 
-def trial_status(trial: Any) -> str:
-    """Tune's status, made precise: DIVERGED for a finished trial whose last record diverged,
-    PENDING for one Tune stopped on an interrupt before its last record (a resume continues it).
+# Tune's trial statuses (its `Trial` class) → ours; TERMINATED is refined by `trial_status`.
+# A PAUSED trial (PBT, HyperBand) waits to continue, as a PENDING one does.
+_FROM_TUNE = {"PENDING": Status.PENDING, "PAUSED": Status.PENDING, "RUNNING": Status.RUNNING,
+              "ERROR": Status.ERROR}  # fmt: skip
+
+
+def trial_status(trial: Any) -> Status:
+    """Tune's status, made precise. A trial Tune calls TERMINATED is
+
+    - DIVERGED when its last record diverged;
+    - TERMINATED when its last record is at total_steps (the loop's last record, the only
+      way the science ends a trial that did not diverge);
+    - STOPPED when it ended before that at Tune's word: a scheduler (ASHA) or a stop rule.
+      Tune marks the result it stops a trial at `done` before any callback sees it, and a
+      trial's own results are never `done` before its last one;
+    - PENDING otherwise: Tune stopped it on an interrupt (its last result is not `done`),
+      and a resume continues it.
     """
     status = str(trial.status)
     if status != "TERMINATED":
-        return status
+        return _FROM_TUNE.get(status, Status.PENDING)
+    return _ended_status(trial)
+
+
+def _ended_status(trial: Any) -> Status:
     last = trial.last_result or {}
     if last.get("diverged"):
-        return "DIVERGED"
+        return Status.DIVERGED
     total_steps = TrialConfig.from_mapping(_config_keys(trial.config)).total_steps
-    return "TERMINATED" if last.get("step", -1) >= total_steps else "PENDING"
+    if last.get("step", -1) >= total_steps:
+        return Status.TERMINATED
+    return Status.STOPPED if last.get("done") else Status.PENDING
 
 
 def _config_keys(config: dict | None) -> dict[str, Any]:
@@ -75,7 +98,12 @@ class TrialsWriter(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finished_at[trial.trial_id] = time.time()
-        self._reported.pop(trial.trial_id, None)  # the trial wrote its file itself
+        # A trial that ran to its end wrote its file itself. One a scheduler stopped keeps
+        # its rows: those reported after its last checkpoint are added here (Tune calls this
+        # before it marks the trial TERMINATED, so the status comes from its last result).
+        if _ended_status(trial) == Status.STOPPED:
+            self._store_reported(trial)
+        self._reported.pop(trial.trial_id, None)
         self._write(trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -90,8 +118,8 @@ class TrialsWriter(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._write(trials)
         if trials:
-            fs = trials[0].storage.storage_filesystem
-            remove_stale_tmp(fs, results_dir(trials[0].storage.experiment_fs_path) + "/metrics")
+            storage = trial_storage(trials[0])
+            remove_stale_tmp(storage.fs, results_dir(storage.experiment) + "/metrics")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # tuner.pkl holds this callback as it was created; later attributes get defaults.
@@ -108,21 +136,21 @@ class TrialsWriter(Callback):
     def _write(self, trials: Sequence[Any]) -> None:
         if not trials:
             return
-        storage = trials[0].storage
-        path = results_dir(storage.experiment_fs_path) + "/trials.parquet"
+        storage = trial_storage(trials[0])
+        path = results_dir(storage.experiment) + "/trials.parquet"
         rows = [self.row(t) for t in sorted(trials, key=lambda t: t.trial_id)]
-        write_parquet_atomic(storage.storage_filesystem, path, table(rows, TRIALS_SCHEMA))
+        write_parquet_atomic(storage.fs, path, table(rows, TRIALS_SCHEMA))
         self._last_write, self._dirty = time.time(), False
 
     def _store_reported(self, trial: Any) -> None:
-        """Add the errored trial's reported rows that its metrics file lacks (issue 13, item 5):
+        """Add the errored (or stopped) trial's reported rows that its metrics file lacks:
         what ran before the error stays analysable; the trial's status in trials.parquet is
         ERROR. A retry rewrites the file from its checkpoint onwards, as any restore does."""
         reported = self._reported.pop(trial.trial_id, {})
         if not reported:
             return
-        storage = trial.storage
-        fs, results = storage.storage_filesystem, results_dir(storage.experiment_fs_path)
+        storage = trial_storage(trial)
+        fs, results = storage.fs, results_dir(storage.experiment)
         config = config_columns(_config_keys(trial.config))
         stored: list[dict[str, Any]] = []
         path = metrics_file(results, trial.trial_id)
@@ -152,20 +180,20 @@ class TrialsWriter(Callback):
         last = dict(trial.last_result or {})
         status = trial_status(trial)
         config = _config_keys(trial.config)
-        finished = status in ("TERMINATED", "DIVERGED", "ERROR")
+        finished = status in (*ENDED, Status.ERROR)
         finished_at = self._finished_at.get(trial.trial_id, last.get("reported_at"))
         has_record = "step" in last
         return {
             "study": self.study,
             "trial_id": trial.trial_id,
-            "status": status,
+            "status": status.value,
             **config_columns(config),
             **(metric_columns(last) if has_record else {}),
             "started_at": utc(last.get("trial_started_at")),
             "finished_at": utc(finished_at) if finished else None,
             "wall_s": last.get("trial_wall_s"),
-            "error": _first_error_line(trial) if status == "ERROR" else None,
-            "logdir": getattr(trial.storage, "trial_dir_name", None),
+            "error": _first_error_line(trial) if status == Status.ERROR else None,
+            "logdir": trial_storage(trial).trial_dir_name,
             "device": last.get("device"),
             "node": last.get("node"),
             "ilstudy_version": last.get("ilstudy_version"),

@@ -1,6 +1,6 @@
 """The science of ilstudy in pure PyTorch: trial config, data, models, trainers and the loop.
 
-Everything here runs without Ray; ``trainables.ray_trainable`` is the thin Tune adapter.
+Everything here runs without Ray and knows no service: the Tune adapter is ``study.trainable``.
 The config, the record keys and the dataset catalogue import without torch, so a study
 driver can validate everything without the numerical stack; the rest loads on first use.
 """
