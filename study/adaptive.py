@@ -11,7 +11,7 @@ The searcher, for one fixed config apart from (k, seed):
    proposed one after another (replicates before moving on);
 2. then, whenever every trial so far has reported, refits the curve and bootstraps the CIs of
    N₅₀ and N₉₀ (seeds resampled within each N). The next point is the N (or reference) whose
-   `seeds` new trials most shrink the delta-method variance of ln N_q, summed over the
+   `seeds` new trials most shrink the largest delta-method variance of ln N_q over the
    thresholds whose CI factor hi/lo is still above `target_factor`. A threshold below one
    feature update cannot be refined (no uniform K lies there): the searcher notes it, logs it
    and refines the other only. When the fit fails it bisects, in log N, the interval with the

@@ -147,6 +147,10 @@ def build_plan(spec: StudySpec) -> Plan:
         total = space.grid_trials()
         tune_num_samples = 1 + len(space.reference_points())
     _check_configs(space)
+    if spec.searcher == "adaptive":  # refused now, before anything is written
+        from study.adaptive import check_space
+
+        check_space(space)
     return Plan(
         space=space, searcher=spec.searcher, tune_num_samples=tune_num_samples, total_trials=total
     )
