@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from study.errors import StudyError
+from study.schedulers import SCHEDULERS
 from study.service import DEFAULT_STORAGE, StudyOptions
+from study.trackers import TRACKERS
 
 SEARCHERS = ("grid", "random", "optuna", "adaptive")
 
@@ -54,6 +56,26 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--searcher", choices=SEARCHERS, help="default: the space's own")
     p.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        help="asha: stop losing learning rates early, racing only within each K and seed "
+        "(default fifo: no early stopping)",
+    )
+    p.add_argument(
+        "--grace-period", type=int, help="asha: records before the first rung (default: T/η²)"
+    )
+    p.add_argument(
+        "--reduction-factor", type=float, help="asha: keep the best 1/η at each rung (default 3)"
+    )
+    p.add_argument(
+        "--tracker",
+        dest="trackers",
+        action="append",
+        choices=tuple(TRACKERS),
+        help="also show the runs in mlflow, wandb or tensorboard (repeatable; Parquet stays "
+        "the record)",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -90,6 +112,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         max_concurrent=args.max_concurrent,
         num_samples=args.num_samples,
         searcher=args.searcher,
+        scheduler=args.scheduler,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        trackers=args.trackers,
         overrides=args.overrides,
         smoke=args.smoke,
         checkpoint_every=args.checkpoint_every,

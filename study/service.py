@@ -61,6 +61,10 @@ class StudyOptions:
     max_failures: int | None = None
     verbose: bool = False
     break_lock: bool = False  # take over a lock held from another host (its driver is gone)
+    scheduler: str | None = None  # fifo | asha (study.schedulers)
+    grace_period: int | None = None
+    reduction_factor: float | None = None
+    trackers: Sequence[str] | None = None  # mlflow | wandb | tensorboard (study.trackers)
 
 
 @dataclass
@@ -136,9 +140,14 @@ def new_spec(options: StudyOptions) -> StudySpec:
     data_dir = overrides.pop(
         "data_dir", space.fixed.get("data_dir", TrialConfig.defaults()["data_dir"])
     )
+    scheduler = options.scheduler or "fifo"
     return StudySpec(
         space=space.name,
         searcher=searcher,
+        scheduler=scheduler,
+        grace_period=_or(options.grace_period, 0),
+        reduction_factor=_or(options.reduction_factor, 3.0),
+        trackers=list(dict.fromkeys(options.trackers or ())),
         num_samples=options.num_samples or default_num_samples(space, searcher),
         overrides=overrides,
         smoke=options.smoke,
@@ -147,7 +156,9 @@ def new_spec(options: StudyOptions) -> StudySpec:
         gpus_per_trial=_or(options.gpus_per_trial, 0.0),
         max_concurrent=_or(options.max_concurrent, 0),
         max_failures=_or(options.max_failures, 3),
-        checkpoint_every=_or(options.checkpoint_every, 10),
+        # ASHA may stop a trial after any record: each record is checkpointed, so a stopped
+        # trial's file holds every row it reported
+        checkpoint_every=_or(options.checkpoint_every, 1 if scheduler != "fifo" else 10),
         code_version=code_version(),
         created_at=now_iso(),
         # a file's space is kept with the study: a resume needs the file no more
@@ -155,6 +166,16 @@ def new_spec(options: StudyOptions) -> StudySpec:
             from_file.definition(space) if from_file.is_space_file(options.space) else None
         ),
     )
+
+
+def _check_early_stopping(spec: StudySpec, plan: Plan) -> None:
+    """A scheduler only where it is honest (study.schedulers), and trackers that exist."""
+    from study.schedulers import check_scheduler
+    from study.trackers import check_trackers
+
+    swept = [*plan.space.grid, *plan.space.distributions]
+    check_scheduler(spec.scheduler, plan.metric, swept, spec.grace_period, spec.reduction_factor)
+    check_trackers(spec.trackers)
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -179,7 +200,9 @@ def prepare(options: StudyOptions) -> Prepared:
     if not options.resume:
         check_fresh(paths)
         spec = new_spec(options)
-        return Prepared(spec=spec, plan=build_plan(spec), paths=paths, resume=False)
+        plan = build_plan(spec)
+        _check_early_stopping(spec, plan)
+        return Prepared(spec=spec, plan=plan, paths=paths, resume=False)
     check_resumable(paths)
     try:
         saved = read_json(paths.storage.fs, paths.spec)

@@ -32,6 +32,11 @@ class StudySpec:
     # A space from a file (`--space path.toml`): the study's own copy of it, validated, so that
     # a resume runs and checks the same space after the file changed or moved. None: built-in.
     space_definition: dict[str, Any] | None = None
+    # Early stopping (study.schedulers): fifo (none) or asha, racing lr within each K and seed.
+    scheduler: str = "fifo"
+    grace_period: int = 0  # records before ASHA's first rung; 0 = its default
+    reduction_factor: float = 3.0  # ASHA keeps the best 1/η at each rung
+    trackers: list[str] = field(default_factory=list)  # mlflow | wandb | tensorboard (views)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **dataclasses.asdict(self)}
@@ -64,6 +69,10 @@ REMEMBERED = {
     "max_concurrent": "--max-concurrent",
     "max_failures": "--max-failures",
     "checkpoint_every": "--checkpoint-every",
+    "scheduler": "--scheduler",
+    "grace_period": "--grace-period",
+    "reduction_factor": "--reduction-factor",
+    "trackers": "--tracker",
 }
 
 
@@ -76,7 +85,7 @@ def check_same(saved: StudySpec, given: dict[str, Any], name: str) -> None:
             _check_same_space(saved, given[key], name)
             continue
         value, remembered = given[key], getattr(saved, key)
-        if key == "overrides":
+        if key in ("overrides", "trackers"):
             differs = bool(value) and value != remembered
         elif key == "smoke":
             differs = bool(value) and not remembered

@@ -58,6 +58,18 @@ def build_tuner(
     estimate_s: float | None = None,
 ) -> tune.Tuner:
     """A fresh Tuner that writes Tune's experiment into `<storage>/<name>/`."""
+    from study.schedulers import STATE_FILE, make_scheduler
+    from study.trackers import tracker_callbacks
+
+    local_dir = paths.experiment if paths.storage.is_local else None
+    trackers = tracker_callbacks(spec.trackers, paths.name, local_dir)
+    scheduler = make_scheduler(
+        spec.scheduler,
+        spec.grace_period,
+        spec.reduction_factor,
+        paths.name,
+        (paths.storage.fs, f"{paths.experiment}/{STATE_FILE}"),
+    )
     run_config = tune.RunConfig(
         name=paths.name,
         storage_path=paths.storage.uri,
@@ -77,6 +89,7 @@ def build_tuner(
             ),
             JsonLoggerCallback(),  # result.json per trial: Tune's own record, checked by tests
             CSVLoggerCallback(),
+            *trackers,
             *callbacks,
         ],
         verbose=0,
@@ -85,6 +98,7 @@ def build_tuner(
         metric=plan.metric,
         mode=plan.mode,
         search_alg=plan.search_alg(spec.max_concurrent),
+        scheduler=scheduler,
         num_samples=plan.tune_num_samples,
         max_concurrent_trials=spec.max_concurrent or None,
         reuse_actors=True,  # an actor start costs 2-4 s on 2 cores
@@ -100,8 +114,13 @@ def build_tuner(
 def restore_tuner(spec: StudySpec, paths: StudyPaths, retry_errored: bool) -> tune.Tuner:
     """Continue unfinished trials; errored ones only when asked; finished ones never.
 
-    Tune restores its RunConfig (callbacks included) and searcher from the experiment.
+    Tune restores its RunConfig (callbacks included) and searcher from the experiment, and
+    the scheduler it pickled at the start: that one reloads its races from the study's folder.
     """
+    if spec.scheduler != "fifo":
+        from study.schedulers import STATE_FILE, bind_state
+
+        bind_state(paths.name, (paths.storage.fs, f"{paths.experiment}/{STATE_FILE}"))
     return tune.Tuner.restore(
         paths.display(paths.experiment),
         trainable=trainable(spec, paths.name),

@@ -1,0 +1,83 @@
+"""Early stopping that stays fair across K: Ray Tune's ASHA, one race per (K, seed).
+
+ASHA stops a trial whose metric at a rung is below the best 1/η of the trials recorded there.
+Run across a whole study it would compare a K=∞ trial, which learns slowly by nature, with
+K=1 trials and stop it: the comparison the study exists to make would be decided by the
+scheduler. So the study runs one ASHA race per *cell*: every config key but the keys the
+report tunes (the learning rate), so only the learning rates of one K and one seed race each
+other. Trials it stops are stored with status STOPPED and all their rows; the report treats
+them as the losers of the tuning procedure and never draws them as points of a curve.
+
+Tune keeps no scheduler state across a resume (it restores the scheduler it pickled when the
+study began), so this scheduler writes its races to `<study>/scheduler.pkl` whenever a rung
+records a result, and a resumed study continues them: it stops what an unbroken one would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from study.errors import StudyError
+
+SCHEDULERS = ("fifo", "asha")
+TUNED_KEYS = ("lr",)  # what the report tunes per K (reports/_tune.py DEFAULT_TUNED)
+TIME_ATTR = "training_iteration"  # records reported so far; the same clock for every K
+STATE_FILE = "scheduler.pkl"
+
+
+def check_scheduler(
+    name: str, metric: str, swept: Sequence[str], grace_period: int, reduction_factor: float
+) -> None:
+    """StudyError unless the scheduler can be used honestly on this study."""
+    if name not in SCHEDULERS:
+        raise StudyError(f"--scheduler {name}: must be one of {', '.join(SCHEDULERS)}")
+    if name == "fifo":
+        return
+    if not metric.startswith("val_"):
+        raise StudyError(
+            f"--scheduler {name} would stop trials on {metric}; it may rank trials only on a "
+            "validation metric (val_acc or val_loss): selecting on test is never done"
+        )
+    tuned = [k for k in TUNED_KEYS if k in swept]
+    if not tuned:
+        raise StudyError(
+            f"--scheduler {name} stops trials only in a race between the values of a key the "
+            f"report tunes per K ({', '.join(TUNED_KEYS)}), and this study does not sweep it"
+        )
+    if grace_period < 0:
+        raise StudyError(f"--grace-period {grace_period}: must be an int >= 1 (0 = default)")
+    if not (isinstance(reduction_factor, int | float) and reduction_factor > 1):
+        raise StudyError(f"--reduction-factor {reduction_factor}: must be a number > 1")
+
+
+def records_per_trial(config: Mapping[str, Any]) -> int:
+    """Records a full trial reports: step 0, every eval_every steps, and the last step."""
+    total = int(config.get("total_steps", 1000))
+    every = max(1, int(config.get("eval_every", 100)))
+    return total // every + 1 + (total % every != 0)
+
+
+def default_grace_period(max_t: int, reduction_factor: float) -> int:
+    """The first rung: far enough in that no trial is judged on its step-0 record."""
+    return max(2, math.ceil(max_t / reduction_factor**2))
+
+
+def make_scheduler(
+    name: str, grace_period: int, reduction_factor: float, study: str, state: tuple[Any, str]
+) -> Any:
+    """None for fifo (Tune's default); the per-cell ASHA (`study.asha`) otherwise."""
+    if name == "fifo":
+        return None
+    bind_state(study, state)
+    from study.asha import CellASHA
+
+    return CellASHA(grace_period, reduction_factor, state=state, study=study)
+
+
+def bind_state(study: str, state: tuple[Any, str]) -> None:
+    """Where the driver keeps `study`'s scheduler races (a resume: where the study is now)."""
+    from study.asha import LOCATIONS
+
+    LOCATIONS[study] = state
