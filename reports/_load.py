@@ -1,10 +1,17 @@
 """Read ``<study>/results/`` into two tables: metrics rows and one row per trial.
 
-The study service writes ``results/metrics/`` (a Parquet dataset, one file per trial or
-Hive-partitioned, written temp-file-then-rename) and ``results/trials.parquet``. A study that
-is still running has partial data: trials without a ``trials.parquet`` row yet, and trials
-with fewer steps. Nothing here guesses: each trial gets a status and, when it cannot enter a
-fit or a final-metrics table, the reason (``exclusion``).
+The study service writes ``results/metrics/<trial_id>.parquet`` (one file per trial, written
+temp-file-then-rename) and ``results/trials.parquet``. Each file states its columns' roles
+(``reports._schema``); the frames returned carry them in ``attrs["roles"]``. A study that is
+still running has partial data: trials without a ``trials.parquet`` row yet, and trials with
+fewer steps. Nothing here guesses: each trial gets a status and, when it cannot enter a fit
+or a final-metrics table, the reason (``exclusion``).
+
+Files without roles: a column takes its role from any file of the study that states one (a
+file rewritten by a tool that drops Arrow field metadata, such as a pandas round trip, keeps
+working beside the others); a column no file describes has no role, so it is never config or
+a metric. A study none of whose files states roles (written before the layout described
+itself) is refused with that reason.
 """
 
 from __future__ import annotations
@@ -23,16 +30,19 @@ from ._errors import ReportError
 from ._groups import with_gaps
 from ._paths import find_results
 from ._schema import (
-    DIVERGED,
-    DONE,
-    ERROR,
-    PAUSED,
-    PENDING,
+    METRIC,
     REQUIRED_METRICS_COLUMNS,
-    RUNNING,
-    STOPPED,
+    STATUS,
+    Status,
     config_keys,
+    file_roles,
+    roles_of,
+    with_roles,
 )
+
+# Columns the reader adds to the trial table, and their roles.
+DERIVED_ROLES = {"n_rows": STATUS, "last_step": STATUS, "exclusion": STATUS, "usable": STATUS,
+                 "duplicate_of": STATUS, "acc_gap": METRIC, "loss_gap": METRIC}  # fmt: skip
 
 StudyPaths = str | Path | Sequence[str | Path]
 
@@ -79,11 +89,9 @@ def read_studies(study_dirs: StudyPaths) -> StudyData:
         seen |= names
         metrics.append(m)
         trials.append(t)
-    metrics_df = _concat(metrics)
-    trials_df = _concat(trials)
-    metric_like = sorted({c for m in metrics for c in m.attrs.get("metric_like", ())})
-    metrics_df.attrs["metric_like"] = metric_like
-    trials_df.attrs["metric_like"] = metric_like
+    roles = {c: r for frame in [*metrics, *trials] for c, r in roles_of(frame).items()}
+    metrics_df = with_roles(_concat(metrics), roles)
+    trials_df = with_roles(_concat(trials), roles)
     return StudyData(metrics_df, trials_df, tuple(dirs))
 
 
@@ -103,31 +111,43 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 # ---- one study folder -----------------------------------------------------------------------
 def _read_one(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     results, files, trials_file = find_results(path)
-    metrics = _read_metrics(results / "metrics", files, default_study=path.name)
-    reported = _read_parquet(trials_file) if trials_file.is_file() else None
-    if reported is not None:
-        if "trial_id" not in reported.columns:
+    roles: dict[str, str] = {}
+    metrics = _read_metrics(results / "metrics", files, roles)
+    described = bool(roles)
+    reported = None
+    if trials_file.is_file():
+        reported, reported_roles = _read_parquet(trials_file)
+        if "trial_id" not in reported.columns or "study" not in reported.columns:
             raise ReportError(f"{trials_file}: not an ilstudy trials table (no trial_id column)")
-        reported = _tidy_ids(reported, path.name)
-    return metrics, _trial_table(metrics, reported)
+        described |= reported_roles is not None
+        roles = {**(reported_roles or {}), **roles}
+        reported = _tidy_ids(reported)
+    if not described:
+        raise ReportError(
+            f"{results}: its files state no column roles (no 'ilstudy.layout' metadata): "
+            "written before the results layout described itself; rerun the study to report on it"
+        )
+    metrics = with_roles(metrics, roles)
+    return metrics, _trial_table(metrics, reported, roles)
 
 
-def _read_parquet(file: Path) -> pd.DataFrame:
+def _read_parquet(file: Path) -> tuple[pd.DataFrame, dict[str, str] | None]:
+    """(frame, column → role as the file states it, or None when it states none)."""
     try:
-        return pq.read_table(file).to_pandas()
+        table = pq.read_table(file)
     except (OSError, pa.ArrowException, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReportError(f"{file}: not a readable Parquet file ({reason})") from None
+    return table.to_pandas(), file_roles(table.schema, file)
 
 
-def _read_metrics(metrics_dir: Path, files: list[Path], default_study: str) -> pd.DataFrame:
+def _read_metrics(metrics_dir: Path, files: list[Path], roles: dict[str, str]) -> pd.DataFrame:
+    """The metrics rows of `files`; the roles the files state are added to `roles`."""
     frames = []
     for file in files:
-        frame = _read_parquet(file)
-        for part in file.relative_to(metrics_dir).parts[:-1]:  # Hive partitions: key=value
-            key, sep, value = part.partition("=")
-            if sep and key not in frame.columns:
-                frame[key] = value
+        frame, stated = _read_parquet(file)
+        for column, role in (stated or {}).items():
+            roles.setdefault(column, role)
         frames.append(frame)
     frames = [f for f in frames if len(f.columns)]
     if not frames:
@@ -138,47 +158,33 @@ def _read_metrics(metrics_dir: Path, files: list[Path], default_study: str) -> p
         raise ReportError(
             f"{metrics_dir}: not an ilstudy metrics dataset (missing columns: {', '.join(missing)})"
         )
-    metrics = _tidy_ids(metrics, default_study)
-    metrics["step"] = pd.to_numeric(metrics["step"], errors="coerce")
-    metrics = metrics.dropna(subset=["step"]).astype({"step": "int64"})
+    metrics = _tidy_ids(metrics)
+    metrics = metrics.astype({"step": "int64"})
     if "diverged" in metrics.columns:
         metrics["diverged"] = metrics["diverged"].fillna(False).astype(bool)
     # rows are unique per (trial, step) by contract; after a resume keep the newest file's row
     metrics = metrics.drop_duplicates(["study", "trial_id", "step"], keep="last")
-    metrics = metrics.sort_values(["study", "trial_id", "step"], ignore_index=True)
-    metrics.attrs["metric_like"] = _metric_like(metrics)
-    return metrics
+    return metrics.sort_values(["study", "trial_id", "step"], ignore_index=True)
 
 
-def _tidy_ids(frame: pd.DataFrame, default_study: str) -> pd.DataFrame:
-    """Ids as strings, `study` filled in, `k` as float64 with inf for ∞."""
+def _tidy_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    """Ids as strings (pandas may read an all-null column as another type)."""
     frame = frame.copy()
-    if "study" not in frame.columns:
-        frame["study"] = default_study
-    frame["study"] = frame["study"].fillna(default_study).astype(str)
+    frame["study"] = frame["study"].astype(str)
     frame["trial_id"] = frame["trial_id"].astype(str)
-    if "k" in frame.columns:
-        frame["k"] = pd.to_numeric(frame["k"].replace({"inf": math.inf, "∞": math.inf}))
-        frame["k"] = frame["k"].astype("float64")
     return frame
 
 
-def _metric_like(metrics: pd.DataFrame) -> list[str]:
-    """Unknown columns that change within a trial: metrics, whatever their name."""
-    unknown = config_keys(metrics.columns)
-    if not unknown or metrics.empty:
-        return []
-    counts = metrics.groupby(["study", "trial_id"])[unknown].nunique(dropna=False).max()
-    return sorted(c for c in unknown if counts[c] > 1)
-
-
 # ---- one row per trial --------------------------------------------------------------------
-def _trial_table(metrics: pd.DataFrame, reported: pd.DataFrame | None) -> pd.DataFrame:
+def _trial_table(
+    metrics: pd.DataFrame, reported: pd.DataFrame | None, roles: dict[str, str] | None = None
+) -> pd.DataFrame:
     """Final metrics per trial from the rows, joined to what ``trials.parquet`` reports.
 
     For trials with rows, config and final metrics come from the rows (the authority);
     trials without rows yet (pending, errored at start) keep what ``trials.parquet`` says.
     """
+    roles = dict(roles_of(metrics)) if roles is None else roles
     keys = ["study", "trial_id"]
     table = _finals(metrics)
     if reported is not None:
@@ -192,13 +198,12 @@ def _trial_table(metrics: pd.DataFrame, reported: pd.DataFrame | None) -> pd.Dat
             table = _concat([table, reported.loc[~has_rows]])
     table["n_rows"] = table["n_rows"].fillna(0).astype("int64")
     states = [_status(row) for row in table.to_dict("records")]
-    table["status"] = [s for s, _ in states]
+    table["status"] = [str(s) for s, _ in states]
     table["exclusion"] = [e for _, e in states]
-    table = table.sort_values(keys, ignore_index=True)
-    table = _mark_duplicates(table, metrics.attrs.get("metric_like", []))
+    table = with_roles(table.sort_values(keys, ignore_index=True), {**roles, **DERIVED_ROLES})
+    table = _mark_duplicates(table)
     table = with_gaps(table)
     table["usable"] = table["exclusion"] == ""
-    table.attrs["metric_like"] = metrics.attrs.get("metric_like", [])
     return table
 
 
@@ -219,31 +224,36 @@ def _finals(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def _status(row: dict) -> tuple[str, str]:
-    """(status, exclusion): the trial's state and why it is left out ('' when usable)."""
+    """(status, exclusion): the trial's state and why it is left out ('' when usable).
+
+    The status is the one trials.parquet states. A trial it does not list yet (a study that
+    is running) gets RUNNING, or TERMINATED once its rows reach total_steps (the trainer
+    records step T last). Either way, rows that say the trial diverged make it DIVERGED, and
+    a TERMINATED trial whose rows stop short of T is left out with that reason.
+    """
     reported = row.get("status")
     reported = str(reported).upper() if isinstance(reported, str) and reported else None
     losses = [row.get(c) for c in ("train_loss", "test_loss")]
     blew_up = any(isinstance(v, float | np.floating) and np.isinf(v) for v in losses)
-    if reported == DIVERGED or bool(row.get("diverged") or False) or blew_up:
-        return DIVERGED, "diverged"
-    if reported == ERROR:
-        return ERROR, "errored"
-    if reported == STOPPED:  # an early-stopping scheduler's loser: part of tuning, not data
-        return STOPPED, "stopped by the scheduler"
-    if reported == PENDING or row["n_rows"] == 0:
-        return (reported or PENDING), "pending"
-    if reported in (RUNNING, PAUSED):
+    if reported == Status.DIVERGED or bool(row.get("diverged") or False) or blew_up:
+        return Status.DIVERGED, "diverged"
+    if reported == Status.ERROR:
+        return Status.ERROR, "errored"
+    if reported == Status.STOPPED:  # an early-stopping scheduler's loser: tuning, not data
+        return Status.STOPPED, "stopped by the scheduler"
+    if reported == Status.PENDING or row["n_rows"] == 0:
+        return (reported or Status.PENDING), "pending"
+    if reported == Status.RUNNING:
         return reported, "in progress"
-    # the trainer records step T last; T - 1 tolerates a writer that counts steps from 0
     last, total = _number(row.get("last_step")), _number(row.get("total_steps"))
-    complete = math.isnan(total) or last >= total - 1
+    complete = math.isnan(total) or last >= total
     if reported is None:
-        return (DONE, "") if complete else (RUNNING, "in progress")
-    if reported != DONE:
+        return (Status.TERMINATED, "") if complete else (Status.RUNNING, "in progress")
+    if reported != Status.TERMINATED:
         return reported, f"status {reported}"
     if not complete:
-        return DONE, f"stopped early at step {last:g} of {total:g}"
-    return DONE, ""
+        return reported, f"stopped early at step {last:g} of {total:g}"
+    return reported, ""
 
 
 DUPLICATE = "duplicate"
@@ -251,7 +261,7 @@ DUPLICATE = "duplicate"
 _KEEP_ORDER = {"": 0, "diverged": 1, "in progress": 2}
 
 
-def _mark_duplicates(table: pd.DataFrame, metric_like: list[str]) -> pd.DataFrame:
+def _mark_duplicates(table: pd.DataFrame) -> pd.DataFrame:
     """Exclude every copy of a trial but one: equal config columns (seed included) are one trial.
 
     Config columns hold the effective config (K >= T as ∞, K = 1 for trainers that ignore K);
@@ -259,7 +269,7 @@ def _mark_duplicates(table: pd.DataFrame, metric_like: list[str]) -> pd.DataFram
     once everywhere (means, bands, fits, correlations), never as extra seeds.
     """
     table["duplicate_of"] = ""
-    keys = config_keys(table.columns, metric_like)
+    keys = config_keys(table)
     if table.empty or not keys:
         return table
     effective = table[keys].copy()

@@ -1,79 +1,107 @@
-"""Column roles in the results layout: which columns are ids, metrics, timings or config.
+"""Column roles, read from the files: which columns are ids, config, metrics or provenance.
 
-DESIGN.md ("Results layout") fixes the ids and metrics; every other column is config,
-except the bookkeeping columns that Ray or the writer may add (timings, versions, hosts).
+The study service's files describe themselves: every Parquet field carries its role in its
+field metadata (``{b"role": b"config"}``) and every file the results layout's version in its
+schema metadata. The reader takes roles from there and keeps them with each frame it returns
+(``frame.attrs["roles"]``: column → role); it keeps no list of the layout's columns. The
+service's ``study.results`` is the one definition; ``tests/test_contracts.py`` holds the two
+to each other.
 """
 
 from __future__ import annotations
 
+import enum
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
+import pyarrow as pa
 
-ID_COLUMNS = ("study", "trial_id")
-CORE_METRICS = ("step", "feature_updates", "train_loss", "train_acc", "val_loss", "val_acc",
-                "test_loss", "test_acc")  # fmt: skip
-EXTRA_METRICS = ("diverged", "elapsed_s", "batch_loss", "cg_iters")
-MEASURES = (
-    "kernel_distance_init",
-    "kernel_distance_prev",
-    "kernel_velocity",
-    "kernel_alignment",
-    "param_change",
-    "lin_point_change",
-)
-DERIVED = ("acc_gap", "loss_gap")  # generalisation gaps the reader adds to each trial
-METRICS = (*CORE_METRICS, *EXTRA_METRICS, *MEASURES, *DERIVED)
-STATUS_COLUMNS = ("status", "started_at", "finished_at", "wall_s")
-# Columns Ray Tune or the results writer add (provenance, hosts, paths), and ours: never config.
-# data_dir and download say where data lived, not which data: they must not split groups.
-BOOKKEEPING = frozenset(
-    {
-        "timestamp", "date", "done", "pid", "hostname", "node_ip", "node", "host",
-        "training_iteration", "iterations_since_restore", "time_this_iter_s", "time_total_s",
-        "time_since_restore", "experiment_id", "trial_name", "logdir", "checkpoint_dir_name",
-        "should_checkpoint", "error", "message", "traceback", "reported_at", "written_at",
-        "attempt", "attempts", "device", "trial_dir", "data_dir", "download", "trial_wall_s",
-        "n_rows", "last_step", "usable", "exclusion", "duplicate_of", "data_sha256",
-    }
+from ._errors import ReportError
+
+ROLE_KEY = b"role"  # field metadata: the column's role
+VALUES_KEY = b"values"  # field metadata of the status field: its allowed values
+LAYOUT_KEY = b"ilstudy.layout"  # schema metadata: the layout's version
+READABLE_LAYOUTS = ("1",)  # layout versions this reader understands
+ROLES = "roles"  # the frames' attrs key of column → role
+
+# The roles a file may state (the service's study.results.Role).
+ID, CONFIG, METRIC, MEASURE, PROVENANCE, STATUS, TIMING = (
+    "id", "config", "metric", "measure", "provenance", "status", "timing"
 )  # fmt: skip
-BOOKKEEPING_SUFFIXES = ("_version", "_at", "_sha", "_sha256", "_commit")
-CONFIG_LOOKALIKES = frozenset({"one_shot_at"})  # config keys with a bookkeeping-like suffix
+KNOWN_ROLES = (ID, CONFIG, METRIC, MEASURE, PROVENANCE, STATUS, TIMING)
 
-REQUIRED_METRICS_COLUMNS = ("trial_id", "step", "feature_updates", "test_acc", "k", "total_steps")
+
+class Status(enum.StrEnum):
+    """A trial's status as trials.parquet states it (the service's study.results.Status)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    TERMINATED = "TERMINATED"
+    DIVERGED = "DIVERGED"
+    STOPPED = "STOPPED"
+    ERROR = "ERROR"
+
+
+REQUIRED_METRICS_COLUMNS = ("study", "trial_id", "step", "feature_updates", "test_acc", "k",
+                            "total_steps")  # fmt: skip
 # Config keys swept along one curve: K, the seed, and t of the one-shot schedule (whose N is t).
 SWEEP_KEYS = ("k", "seed", "one_shot_at")
 SCHEDULE_KEYS = ("schedule", "growth", "one_shot_at")
 
-# Statuses, normalised to upper case. DIVERGED also covers rows flagged `diverged`.
-DONE, ERROR, DIVERGED, STOPPED = "TERMINATED", "ERROR", "DIVERGED", "STOPPED"
-RUNNING, PAUSED, PENDING = "RUNNING", "PAUSED", "PENDING"
+
+def file_roles(schema: pa.Schema, file: object) -> dict[str, str] | None:
+    """column → role as a file's schema states them; None for a file that states none (one
+    written before the layout described itself, or rewritten by a tool that drops Arrow field
+    metadata). ReportError for a layout newer than this reader, or an unknown role."""
+    version = (schema.metadata or {}).get(LAYOUT_KEY)
+    if version is not None and version.decode() not in READABLE_LAYOUTS:
+        raise ReportError(
+            f"{file}: results layout {version.decode()} is newer than this reader "
+            f"(reads {', '.join(READABLE_LAYOUTS)}); update ilstudy"
+        )
+    roles = {f.name: (f.metadata or {}).get(ROLE_KEY, b"").decode() for f in schema}
+    if version is None and not any(roles.values()):
+        return None
+    unknown = sorted({r for r in roles.values() if r and r not in KNOWN_ROLES})
+    if unknown:
+        raise ReportError(f"{file}: unknown column role {unknown[0]!r}")
+    _check_statuses(schema, file)
+    return {name: role for name, role in roles.items() if role}
 
 
-def is_bookkeeping(column: str) -> bool:
-    """True for columns that are neither config nor a metric (ids, timings, versions, hosts)."""
-    if column in CONFIG_LOOKALIKES:
-        return False
-    return (
-        column in ID_COLUMNS
-        or column in STATUS_COLUMNS
-        or column in BOOKKEEPING
-        or column.startswith(("config/", "__"))
-        or column.endswith(BOOKKEEPING_SUFFIXES)
-    )
+def _check_statuses(schema: pa.Schema, file: object) -> None:
+    if "status" not in schema.names:
+        return
+    values = (schema.field("status").metadata or {}).get(VALUES_KEY)
+    declared = set(values.decode().split(",")) if values else set()
+    unknown = sorted(declared - set(Status))
+    if unknown:
+        raise ReportError(f"{file}: unknown trial status {unknown[0]!r} in the layout")
 
 
-def config_keys(columns: Iterable[str], metric_like: Iterable[str] = ()) -> list[str]:
-    """The config keys among `columns`: everything that is not an id, metric or bookkeeping."""
-    skip = set(METRICS) | set(metric_like)
-    return [c for c in columns if c not in skip and not is_bookkeeping(c)]
+def roles_of(frame: pd.DataFrame) -> Mapping[str, str]:
+    """column → role of a frame the reader returned (empty for a frame built by hand)."""
+    return frame.attrs.get(ROLES, {})
+
+
+def with_roles(frame: pd.DataFrame, roles: Mapping[str, str]) -> pd.DataFrame:
+    """`frame`, its roles set to `roles` (plus those it already had)."""
+    frame.attrs[ROLES] = {**roles_of(frame), **roles}
+    return frame
+
+
+def config_keys(frame: pd.DataFrame) -> list[str]:
+    """The config keys among the frame's columns, in column order: the columns whose role is
+    config (never ids, metrics, provenance, timings or status; a column no file describes is
+    not config either)."""
+    roles = roles_of(frame)
+    return [c for c in frame.columns if roles.get(c) == CONFIG]
 
 
 def group_keys(trials: pd.DataFrame, drop: Iterable[str] = SWEEP_KEYS) -> list[str]:
     """Keys that define a group: `study` plus every config key except those in `drop`."""
-    keys = config_keys(trials.columns, trials.attrs.get("metric_like", ()))
-    return ["study", *(k for k in keys if k not in set(drop))]
+    return ["study", *(k for k in config_keys(trials) if k not in set(drop))]
 
 
 def varying(frame: pd.DataFrame, keys: Iterable[str]) -> list[str]:

@@ -14,7 +14,7 @@ from ._compare import schedule_comparison
 from ._config import CI_LEVEL
 from ._fit import MODEL
 from ._groups import infinite_k, usable
-from ._schema import ERROR, config_keys, format_value, group_keys, group_label, varying
+from ._schema import Status, config_keys, format_value, group_keys, group_label, varying
 from ._tune import Tuning, rule
 
 FINAL_METRICS = ("test_acc", "test_loss", "val_acc", "train_acc", "train_loss")
@@ -35,8 +35,7 @@ FIGURE_TITLES = {
 def final_metrics(trials: pd.DataFrame) -> pd.DataFrame:
     """Per config group (every key but the seed), over usable trials: seeds, mean and std."""
     done = usable(trials)
-    keys = ["study", *(k for k in config_keys(done.columns, done.attrs.get("metric_like", ()))
-                       if k != "seed")]  # fmt: skip
+    keys = ["study", *(k for k in config_keys(done) if k != "seed")]
     shown = list(dict.fromkeys(["study", "trainer", "k", *varying(done, keys)]))
     shown = [k for k in shown if k in done.columns]
     metrics = [m for m in FINAL_METRICS if m in done.columns]
@@ -118,7 +117,7 @@ def _trials_section(trials: pd.DataFrame) -> str:
         ids = ", ".join(f"`{i}`" for i in t["trial_id"].head(LISTED_TRIALS))
         more = f" and {len(t) - LISTED_TRIALS} more" if len(t) > LISTED_TRIALS else ""
         lines.append(f"- **{reason}** ({len(t)}): {ids}{more}")
-    errored = excluded[excluded["status"] == ERROR]
+    errored = excluded[excluded["status"] == Status.ERROR]
     if len(errored) and "error" in errored.columns:
         for _, row in errored.dropna(subset=["error"]).head(5).iterrows():
             first = str(row["error"]).strip().splitlines()[-1:] or [""]

@@ -91,7 +91,7 @@ def tune_on_validation(trials: pd.DataFrame, keys: Sequence[str] = DEFAULT_TUNED
 
 
 def _config(frame: pd.DataFrame) -> list[str]:
-    return config_keys(frame.columns, frame.attrs.get("metric_like", ()))
+    return config_keys(frame)
 
 
 def _varies(pool: pd.DataFrame, cell_keys: list[str], keys: tuple[str, ...]) -> bool:

@@ -1,8 +1,8 @@
 """Synthetic study results, written the way the study service writes them.
 
 ``results/metrics/<trial_id>.parquet`` (one file per trial, one row per reported step) and
-``results/trials.parquet`` (one row per trial), with the columns of DESIGN.md's results layout.
-Final test accuracy follows the logistic model of ``reports._fit`` with known parameters, so a
+``results/trials.parquet`` (one row per trial), each column with the role the service's
+schema gives it (``study.results``), as the service's own files carry it. Final test accuracy follows the logistic model of ``reports._fit`` with known parameters, so a
 fit can be checked against the truth.
 """
 
@@ -15,8 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from study.results import METRICS_SCHEMA, TRIALS_SCHEMA, roles
 
 INF = math.inf
+# column → role over both tables, as the service writes them
+ROLES = {**roles(METRICS_SCHEMA), **roles(TRIALS_SCHEMA)}
 
 
 @dataclass
@@ -81,7 +87,6 @@ class Spec:
     diverged: int = 0  # this many extra trials diverge
     errored: int = 0  # this many extra trials error after a few rows
     trials_table: bool = True  # write results/trials.parquet
-    hive: bool = False  # metrics/trial_id=<id>/part-0.parquet, trial_id only in the path
     extra_config: dict = field(default_factory=dict)
     lrs: Iterable[float] = (0.05,)  # linearised and plain trials at each
     # (k, lr) -> (test accuracy shift, validation accuracy shift) of that cell's trials
@@ -106,12 +111,7 @@ def make_study(root: Path, spec: Spec | None = None, **changes) -> Path:
         frame = pd.DataFrame(rows)
         frame.insert(0, "trial_id", trial_id)
         frame.insert(0, "study", spec.study)
-        if spec.hive:
-            part = metrics_dir / f"trial_id={trial_id}"
-            part.mkdir()
-            frame.drop(columns="trial_id").to_parquet(part / "part-0.parquet", index=False)
-        else:
-            frame.to_parquet(metrics_dir / f"{trial_id}.parquet", index=False)
+        write_parquet(frame, metrics_dir / f"{trial_id}.parquet", METRICS_SCHEMA)
         last = frame.iloc[-1].to_dict()
         status = {"ok": "TERMINATED", "running": "RUNNING"}.get(fate, fate.upper())
         if fate == "stopped":
@@ -120,8 +120,21 @@ def make_study(root: Path, spec: Spec | None = None, **changes) -> Path:
                        "finished_at": pd.Timestamp("2025-01-01 00:01"), "wall_s": 60.0})  # fmt: skip
     if spec.trials_table:
         table = pd.DataFrame(trials).drop(columns=["step", "elapsed_s"])
-        table.to_parquet(study_dir / "results" / "trials.parquet", index=False)
+        write_parquet(table, study_dir / "results" / "trials.parquet", TRIALS_SCHEMA)
     return study_dir
+
+
+def write_parquet(frame: pd.DataFrame, path: Path, schema: pa.Schema) -> None:
+    """`frame` as Parquet, each column with `schema`'s field metadata (its role) and the file
+    with `schema`'s metadata (the layout version); a column `schema` lacks is an error."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    extra = [name for name in table.column_names if name not in schema.names]
+    if extra:
+        raise KeyError(f"{extra[0]!r} is no column of the results layout")
+    fields = [f.with_metadata(schema.field(f.name).metadata) for f in table.schema]
+    pq.write_table(
+        pa.Table.from_arrays(table.columns, schema=pa.schema(fields, schema.metadata)), path
+    )
 
 
 def _configs(spec: Spec, rng: np.random.Generator):

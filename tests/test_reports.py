@@ -20,7 +20,7 @@ import pytest
 
 import reports
 from reports._load import read_studies
-from tests.report_data import INF, Spec, Truth, make_study
+from tests.report_data import INF, ROLES, Spec, Truth, make_study, write_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -91,13 +91,13 @@ def test_config_keys_leave_out_provenance_and_timings():
     columns = ["study", "trial_id", "trainer", "k", "one_shot_at", "lr", "seed", "step",
                "test_acc", "attempt", "reported_at", "device", "node", "ilstudy_version",
                "torch_version", "started_at", "wall_s", "logdir", "data_dir", "status"]  # fmt: skip
+    columns = pd.DataFrame(columns=columns)
+    columns.attrs["roles"] = ROLES  # as the service's files state them
     assert config_keys(columns) == ["trainer", "k", "one_shot_at", "lr", "seed"]
 
 
-def test_load_skips_temporary_files_and_reads_hive_partitions(tmp_path: Path):
-    study = make_study(
-        tmp_path, Spec(study="hive", ks=(1, 10, INF), seeds=(0,), plain=(), hive=True)
-    )
+def test_load_skips_temporary_files(tmp_path: Path):
+    study = make_study(tmp_path, Spec(study="hive", ks=(1, 10, INF), seeds=(0,), plain=()))
     metrics_dir = study / "results" / "metrics"
     for junk in (".part.parquet", "_tmp.parquet", "x.parquet.tmp"):
         (metrics_dir / junk).write_bytes(b"half-written")
@@ -339,10 +339,9 @@ def _sampled_study(root: Path) -> Path:
     results = study / "results"
     trials = pd.read_parquet(results / "trials.parquet")
     lrs = dict(zip(trials["trial_id"], np.geomspace(1e-3, 1.0, len(trials)), strict=True))
-    trials.assign(lr=trials["trial_id"].map(lrs)).to_parquet(results / "trials.parquet")
-    for file in (results / "metrics").glob("*.parquet"):
-        rows = pd.read_parquet(file)
-        rows.assign(lr=rows["trial_id"].map(lrs)).to_parquet(file)
+    for file in [results / "trials.parquet", *(results / "metrics").glob("*.parquet")]:
+        rows = pd.read_parquet(file)  # rewritten with the file's own roles
+        write_parquet(rows.assign(lr=rows["trial_id"].map(lrs)), file, pq.read_schema(file))
     return study
 
 

@@ -133,7 +133,7 @@ def test_provenance_is_no_grouping_key(tmp_path: Path):
     trials = trials.assign(data_sha256=trials["trial_id"].map(sha))
     from reports._schema import config_keys
 
-    keys = config_keys(trials.columns)
+    keys = config_keys(trials)
     assert "data_sha256" not in keys and "val_acc" not in keys and "acc_gap" not in keys
     assert {"init", "output_scale", "center_output", "val_size", "data_path"} <= set(keys)
     assert "val_acc" in metrics and len(reports.fit_feature_updates(trials, n_boot=0)) == 1

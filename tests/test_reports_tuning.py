@@ -16,7 +16,7 @@ import pytest
 
 import reports
 from reports._tune import TUNED, tune_on_validation
-from tests.report_data import INF, Spec, make_study
+from tests.report_data import INF, ROLES, Spec, make_study
 from tests.test_reports import run_cli
 
 KS = (1, 2, 5, 10, 20, 40, 100, INF)
@@ -46,6 +46,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
             "test_acc": 0.5}  # fmt: skip
     frame = pd.DataFrame([base | r for r in rows])
     frame["trial_id"] = [f"t{i}" for i in range(len(frame))]
+    frame.attrs["roles"] = ROLES  # the columns' roles, as the service's files state them
     return frame
 
 
