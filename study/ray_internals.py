@@ -26,7 +26,7 @@ TESTED_RAY = ((2, 50), (2, 61))  # lowest tested, first untested: ray[tune]>=2.5
 
 
 def installed_ray_version() -> str:
-    """Ray's version from its package metadata, without importing Ray (a 2-s import)."""
+    """Ray's version from its package metadata, without importing Ray (a slow import)."""
     try:
         return importlib.metadata.version("ray")
     except importlib.metadata.PackageNotFoundError:

@@ -1,4 +1,4 @@
-"""`python -m study.run`: run, resume or list hyperparameter studies (DESIGN.md, CLI).
+"""`python -m study.run`: run, resume or list hyperparameter studies (README, "Running a study").
 
 Exit codes: 0 every trial finished (diverged included), 1 some trial errored,
 2 bad input (one line on stderr, nothing written), 130 interrupted.

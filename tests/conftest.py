@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-# Fast, quiet, loopback-only Ray for tests (RAY_NOTES item 9; study.cluster.LOOPBACK_ENV).
+# Fast, quiet, loopback-only Ray for tests: frequent experiment snapshots, one pending trial
+# at a time, no usage stats (and study.cluster.LOOPBACK_ENV).
 RAY_TEST_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
@@ -37,7 +38,7 @@ def ray_session() -> Iterator[object]:
 
     if not ray.is_initialized():
         ray.init(
-            address="local",  # never attach to a stale cluster (RAY_NOTES trap 7)
+            address="local",  # never attach to a stale cluster a leftover file names
             num_cpus=RAY_CPUS,
             num_gpus=RAY_GPUS,
             object_store_memory=150 * 2**20,

@@ -155,8 +155,9 @@ def test_smoke_study_across_nodes_survives_a_killed_driver(cluster: str, tmp_pat
         )  # fmt: skip
     try:
         # Kill mid-study: once a trial has stored rows up to a checkpoint before its end, wait
-        # for Tune's next snapshot (so it records that checkpoint: restore uses the snapshot,
-        # RAY_NOTES trap 2) and kill right after it, not inside a write (trap 1).
+        # for Tune's next snapshot (so it records that checkpoint: a restore uses the snapshot,
+        # not the newest checkpoint) and kill right after it, not inside a write (a kill
+        # mid-write can leave an empty snapshot).
         deadline, mid_state = time.time() + 240, None
         results = experiment / "results"
         while True:

@@ -151,7 +151,7 @@ def test_an_existing_name_without_resume_is_refused_untouched(
 def test_resume_refuses_a_damaged_experiment_state(
     smoke_study: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
 ) -> None:
-    """Ray would silently start over (RAY_NOTES trap 1); we exit 2 naming the file."""
+    """Ray would silently start over (study.storage.check_resumable); we exit 2 naming the file."""
     storage = tmp_path / "copy"
     shutil.copytree(smoke_study[0], storage)
     experiment = storage / "smoke"
