@@ -19,6 +19,7 @@ from trainables import TrialConfig, run
 
 SHIPPED = (
     "k_sweep",
+    "k_adaptive",
     "phase_diagram",
     "lr_sweep",
     "damping_sweep",
@@ -117,10 +118,51 @@ def test_overrides_fix_a_swept_key_and_num_samples_repeats_with_fresh_seeds() ->
     space = search_spaces.get("k_sweep")
     plan = build_plan(_spec(space, overrides={"k": 10}))
     assert "k" not in plan.space.grid and plan.space.fixed["k"] == 10
-    assert plan.total_trials == space.grid_size() // len(space.grid["k"])
+    refs = len(space.reference_points())  # the plain Adam arm, once per seed
+    assert refs == len(space.grid["seed"])
+    assert plan.total_trials == space.grid_size() // len(space.grid["k"]) + refs
     repeated = build_plan(_spec(space, num_samples=2))
-    assert repeated.total_trials == 2 * space.grid_size()
+    assert repeated.total_trials == 2 * space.grid_size() + 2 * refs  # the arm gets the seeds too
     assert len(set(repeated.space.grid["seed"])) == 2 * len(space.grid["seed"])
+
+
+def _with_refs(references: tuple, **grid: list) -> Space:
+    return Space(
+        name="refs", description="", fixed={"dataset": "digits", "total_steps": 20},
+        grid={"k": [1, "inf"], "lr": [0.05, 0.1], "seed": [0, 1], **grid},
+        references=references,
+    )  # fmt: skip
+
+
+def test_a_reference_arm_runs_once_per_seed_as_tune_points_before_the_grid(monkeypatch) -> None:
+    space = _with_refs(({"trainer": "plain", "optimizer": "adam", "lr": 0.001, "k": 1},))
+    monkeypatch.setattr("study.plan.get_space", lambda name, stored=None: space)
+    plan = build_plan(_spec(space))
+    assert plan.total_trials == 2 * 2 * 2 + 2
+    # Tune evaluates each point first, using up one sample; the last sample is the grid pass
+    assert plan.tune_num_samples == 3
+    alg = plan.search_alg()
+    points = alg._points_to_evaluate
+    assert points == [
+        {"trainer": "plain", "optimizer": "adam", "lr": 0.001, "k": 1, "seed": 0},
+        {"trainer": "plain", "optimizer": "adam", "lr": 0.001, "k": 1, "seed": 1},
+    ]
+    # every key a point sets is in the param space (Tune takes presets only for known keys)
+    assert {"trainer", "optimizer"} <= set(plan.param_space())
+    assert plan.space.allowed_searchers() == ("grid",)
+
+
+def test_a_reference_arm_must_set_every_swept_key_and_is_no_copy_of_a_grid_point(
+    monkeypatch,
+) -> None:
+    missing = _with_refs(({"trainer": "plain", "optimizer": "adam", "lr": 0.001},))
+    monkeypatch.setattr("study.plan.get_space", lambda name, stored=None: missing)
+    with pytest.raises(StudyError, match="must set every swept key; missing k"):
+        build_plan(_spec(missing))
+    copy = _with_refs(({"k": 1, "lr": 0.05},))
+    monkeypatch.setattr("study.plan.get_space", lambda name, stored=None: copy)
+    with pytest.raises(StudyError, match="same trial"):
+        build_plan(_spec(copy))
 
 
 def test_grid_searcher_is_refused_for_continuous_distributions() -> None:
