@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from study.errors import StudyError
-from study.ray_internals import EMBEDDED_SYSTEM_CONFIG, stop_autoscaler_monitor
+from study.ray_internals import EMBEDDED_INIT, stop_autoscaler_monitor
 from study.storage import Storage
 
 CONNECT_TIMEOUT_S = 3.0
@@ -107,10 +107,6 @@ class Connection:
             ray.shutdown()
 
 
-# The name tests use for the one private shutdown step (study.ray_internals).
-_stop_autoscaler_monitor = stop_autoscaler_monitor
-
-
 def runtime_env() -> dict[str, Any]:
     """Ship the project's own packages to every node; dependencies must be installed there."""
     return {
@@ -140,7 +136,7 @@ def connect(address: str | None, verbose: bool = False) -> Connection:
         try:
             # address="local": never attach to a cluster a stale `ray_current_cluster` file
             # names (one left by a dead cluster would make a plain ray.init() try to).
-            ray.init(address="local", include_dashboard=False, _system_config=EMBEDDED_SYSTEM_CONFIG, **common)  # fmt: skip
+            ray.init(address="local", include_dashboard=False, **EMBEDDED_INIT, **common)
         finally:
             preload.join()
     return Connection(address=address, owned=True)

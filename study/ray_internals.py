@@ -79,6 +79,16 @@ CHECKPOINT_PREFIX = "checkpoint_"
 TUNE_UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
 
 
+def stopped_by_tune(last_result: dict) -> bool:
+    """Whether Tune ended the trial at this result: a scheduler's STOP (ASHA) or a stop rule.
+
+    Tune's controller sets `done` on the result it decides to stop a trial at, before any
+    callback sees it (and on the copy it keeps after a function trainable returns); a trial's
+    own results carry `done=False`. Tune has no public flag for "stopped by the scheduler".
+    """
+    return bool(last_result.get("done"))
+
+
 def session_of(name: str) -> str | None:
     """The driver session a snapshot or pickle belongs to, from its file name."""
     match = SESSION_FILE.match(name)
@@ -151,7 +161,7 @@ def driver_staging_folders(experiment_name: str) -> list[str]:
 # The embedded Ray starts no idle workers when the driver connects: Tune's trial actors carry a
 # runtime_env (env_vars), so Ray never gives them those workers, which only take CPU from the
 # first trials while they start. Only `ray.init(_system_config=...)` (private) can say so.
-EMBEDDED_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
+EMBEDDED_INIT = {"_system_config": {"prestart_worker_first_driver": False}}
 
 
 def stop_autoscaler_monitor() -> None:

@@ -22,6 +22,7 @@ from study.errors import StudyError
 from study.ray_internals import (
     RESUME_PICKLES,
     STATE_PATTERN,
+    STATE_PREFIX,
     TUNER_FILE,
     session_of,
     snapshot_problem,
@@ -386,7 +387,7 @@ def check_resumable(paths: StudyPaths) -> str:
     names = experiment_files(paths)
     states = [n for n in names if STATE_PATTERN.match(n)]
     if not states:
-        missing = PurePosixPath(paths.experiment, "experiment_state-<timestamp>.json")
+        missing = PurePosixPath(paths.experiment, f"{STATE_PREFIX}<timestamp>.json")
         raise StudyError(
             f"cannot resume: the experiment state {paths.display(str(missing))} is missing "
             "(the study was stopped before Ray Tune saved it); "

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from ray.tune import Callback
 
-from study.ray_internals import trial_storage
+from study.ray_internals import stopped_by_tune, trial_storage
 from study.results import (
     CONFIG_NAMES,
     ENDED,
@@ -43,11 +43,9 @@ def trial_status(trial: Any) -> Status:
     - DIVERGED when its last record diverged;
     - TERMINATED when its last record is at total_steps (the loop's last record, the only
       way the science ends a trial that did not diverge);
-    - STOPPED when it ended before that at Tune's word: a scheduler (ASHA) or a stop rule.
-      Tune marks the result it stops a trial at `done` before any callback sees it, and a
-      trial's own results are never `done` before its last one;
-    - PENDING otherwise: Tune stopped it on an interrupt (its last result is not `done`),
-      and a resume continues it.
+    - STOPPED when it ended before that at Tune's word: a scheduler (ASHA) or a stop rule
+      (`ray_internals.stopped_by_tune`);
+    - PENDING otherwise: Tune stopped it on an interrupt, and a resume continues it.
     """
     status = str(trial.status)
     if status != "TERMINATED":
@@ -62,7 +60,7 @@ def _ended_status(trial: Any) -> Status:
     total_steps = TrialConfig.from_mapping(_config_keys(trial.config)).total_steps
     if last.get("step", -1) >= total_steps:
         return Status.TERMINATED
-    return Status.STOPPED if last.get("done") else Status.PENDING
+    return Status.STOPPED if stopped_by_tune(last) else Status.PENDING
 
 
 def _config_keys(config: dict | None) -> dict[str, Any]:

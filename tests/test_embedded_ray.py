@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = textwrap.dedent(
     """
     import json, sys, time
-    from study.cluster import _stop_autoscaler_monitor, connect
+    from study.cluster import connect
+    from study.ray_internals import stop_autoscaler_monitor as _stop_autoscaler_monitor
     from ray._private import ray_constants, worker
     import psutil  # ships inside Ray: importing ray put it on sys.path
 
