@@ -14,6 +14,11 @@
     lr = { log_uniform = [1e-3, 0.5] }
     [smoke]                           # --smoke: a list becomes a grid, a value is fixed
     total_steps = 40
+    [[references]]                    # a reference arm (grid only): once per seed of the grid
+    trainer = "plain"
+    optimizer = "adam"
+    lr = 1e-3
+    k = 1                             # it sets every swept key but the seed
 
 A study keeps `definition(space)`, the validated file as plain JSON, in its study.json and
 rebuilds the space from it with `from_definition`, so a resume needs the file no more.
@@ -36,7 +41,7 @@ from trainables import RECORD_KEYS, TrialConfig
 SUFFIX = ".toml"
 FIELDS = (
     "name", "description", "metric", "mode", "searcher", "num_samples", "seconds_per_trial",
-    "fixed", "grid", "distributions", "smoke",
+    "fixed", "grid", "distributions", "smoke", "references",
 )  # fmt: skip
 DISTRIBUTIONS = {"log_uniform": LogUniform, "uniform": Uniform, "choice": Choice}
 DEFAULT_METRIC = "val_acc"  # model selection reads validation, never test (README, Conventions)
@@ -126,9 +131,20 @@ def from_definition(payload: Mapping[str, Any], where: str) -> Space:
             if isinstance(value, list)
             else _value(fixed, key, value, f"smoke.{key}", bad)
         )
+    raw_refs = payload.get("references", [])
+    if not isinstance(raw_refs, list) or not all(isinstance(r, Mapping) for r in raw_refs):
+        raise bad("references", "must be an array of tables ([[references]]), one per arm")
+    references = []
+    for i, ref in enumerate(raw_refs):
+        for key in ref:
+            _config_key(key, f"references[{i}].{key}", bad)
+        references.append(
+            {k: _value(fixed, k, v, f"references[{i}].{k}", bad) for k, v in ref.items()}
+        )
     space = Space(
         name=name,
         description=description,
+        references=tuple(references),
         fixed=fixed,
         grid=grid,
         distributions=distributions,
@@ -140,10 +156,12 @@ def from_definition(payload: Mapping[str, Any], where: str) -> Space:
         smoke=smoke_values,
     )
     if searcher not in space.allowed_searchers():
-        raise bad(
-            "searcher",
-            f"{searcher} cannot draw from continuous distributions; use random or optuna",
+        why = (
+            "reference arms ride on the grid's pass; use grid"
+            if references
+            else "cannot draw from continuous distributions; use random or optuna"
         )
+        raise bad("searcher", f"{searcher} {why}")
     swept_val = "val_size" in grid or "val_size" in distributions
     if (
         metric.startswith("val_")
@@ -170,6 +188,7 @@ def definition(space: Space) -> dict[str, Any]:
         "grid": {k: list(v) for k, v in space.grid.items()},
         "distributions": {k: _dist_json(d) for k, d in space.distributions.items()},
         "smoke": {k: list(v) if isinstance(v, list | tuple) else v for k, v in space.smoke.items()},
+        "references": [dict(r) for r in space.references],
     }
 
 

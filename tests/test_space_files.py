@@ -69,6 +69,21 @@ def test_distributions_and_defaults(tmp_path: Path) -> None:
     assert plan.searcher == "optuna" and plan.total_trials == 6
 
 
+def test_a_reference_arm_from_a_file_runs_once_per_seed_and_survives_the_stored_copy(
+    tmp_path: Path,
+) -> None:
+    path = _write(
+        tmp_path,
+        "[fixed]\ntotal_steps = 100\n[grid]\nk = [1, inf]\nlr = [0.05, 0.1]\nseed = [0, 1, 2]\n"
+        '[[references]]\ntrainer = "plain"\noptimizer = "adam"\nlr = 1e-3\nk = 1\n',
+    )
+    space = from_file.load(path)
+    assert space.references == ({"trainer": "plain", "optimizer": "adam", "lr": 1e-3, "k": 1},)
+    assert build_plan(new_spec(StudyOptions(space=str(path)))).total_trials == 12 + 3
+    stored = json.loads(json.dumps(from_file.definition(space)))
+    assert from_file.from_definition(stored, "stored") == space
+
+
 def test_the_stored_copy_is_the_same_space_after_json() -> None:
     space = from_file.load(EXAMPLE)
     stored = json.loads(json.dumps(from_file.definition(space)))
@@ -101,6 +116,10 @@ def test_the_stored_copy_is_the_same_space_after_json() -> None:
         ('[fixed]\noptimizer = "adam"\n[grid]\nmomentum = [0.9]', "applies to sgd only"),
         ("[smoke]\ntotal_steps = -5", "smoke.total_steps: total_steps=-5"),
         ("[grid\nk = 1", "not valid TOML"),
+        ("references = 1", "references: must be an array of tables"),
+        ("[[references]]\nlrr = 1", "references[0].lrr: not a trial-config key"),
+        ('[[references]]\noptimizer = "bfgs"', "references[0].optimizer: optimizer=bfgs"),
+        ('searcher = "random"\n[[references]]\nlr = 1e-3', "reference arms ride on the grid"),
     ],
 )
 def test_a_bad_file_is_one_line_naming_file_key_and_reason(
