@@ -63,9 +63,10 @@ class Curve:
 
 
 CASES = (
-    Curve("N50=3, s=1.5 (inside the grid's N)", 3.0, 1.5),
-    Curve("N50=1.5, s=3 (sharp, near one update)", 1.5, 3.0),
-    Curve("N50=20, s=2 (N90 above the grid's top N)", 20.0, 2.0),
+    Curve("N50=3, s=1.5: inside the grid's dense N", 3.0, 1.5),
+    Curve("N50=1.5, s=3: sharp, near one update", 1.5, 3.0),
+    Curve("N50=20, s=2: N90 above the grid's top N (30)", 20.0, 2.0),
+    Curve("N50=60, s=2: between the grid's top N and K=1", 60.0, 2.0),
 )
 
 Trial = Callable[[int | str, int], float]  # (K, seed) -> val_acc
@@ -162,54 +163,57 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--real", action="store_true", help="real mnist5k trials instead (slow)")
     p.add_argument("--smoke", action="store_true", help="2 reps, 1 case, 100 refits: seconds")
     args = p.parse_args(argv)
+    import logging
+
     import search_spaces
 
+    logging.getLogger("study.adaptive").setLevel(logging.ERROR)  # its notes, once per run
     space = search_spaces.get("k_adaptive")
-    options = Options.from_mapping({**space.searcher_options, "stop": False, "n_boot": args.n_boot},
+    n_boot = 100 if args.smoke else args.n_boot
+    options = Options.from_mapping({**space.searcher_options, "stop": False, "n_boot": n_boot},
                                    "k_adaptive")  # fmt: skip
-    reps, cases = args.reps, CASES
-    if args.smoke:
-        reps, cases, options = 2, CASES[:1], Options(**{**options.__dict__, "n_boot": 100})
-    print(f"# adaptive K vs grid: T={T}, budget {args.budget} trials each, grid k_sweep's K × "
-          f"{GRID_SEEDS} seeds, adaptive {options.seeds} seeds/point, CI = 95% bootstrap "
-          f"({options.n_boot} refits), width = hi/lo")  # fmt: skip
+    reps, cases = (2, CASES[:1]) if args.smoke else (args.reps, CASES)
+    print(f"# adaptive K vs grid: T={T}, {args.budget} trials each; grid = k_sweep's K x "
+          f"{GRID_SEEDS} seeds at one lr; adaptive = k_adaptive's options ({options.seeds} "
+          f"seeds/point, initial N {list(options.initial_n)}), its stop off")  # fmt: skip
+    print(
+        f"# CI = 95% percentile bootstrap over seeds ({n_boot} refits), same estimator for "
+        "both; width = hi/lo; 'need' = fewest trials with both widths at most the grid's"
+    )
     if args.real:
         lr = float(space.fixed.get("lr", 0.05))
-        print(f"# real trials: mnist5k, lr {lr}, one at a time in this process")
+        print(f"# real trials: mnist5k, lr {lr}, val_acc, one at a time in this process")
         labelled = [("real mnist5k", [real_trial(lr)])]
     else:
+        print(f"# synthetic val_acc: levels {LEVELS}, noise sd {NOISE}; medians over {reps} "
+              "noise seeds (each: one grid study and one adaptive study on the same draws)")  # fmt: skip
         labelled = [(c.label, [synthetic(c, rep) for rep in range(reps)]) for c in cases]
-        print(f"# synthetic: levels {LEVELS}, noise sd {NOISE}, median over {reps} noise seeds")
-    t0 = time.time()
+    t0, ratios = time.time(), []
     for label, trials in labelled:
         rows = []
         for trial in trials:
-            grid = grid_trace(trial, options.n_boot, GRID_SEEDS)
+            grid = grid_trace(trial, n_boot, GRID_SEEDS)
             adaptive, order = adaptive_trace(trial, args.budget, options)
             _, g50, g90 = grid[-1]
             _, a50, a90 = adaptive[-1]
-            need = trials_to_reach(adaptive, g50, g90)
-            rows.append((g50, g90, a50, a90, grid[-1][0], need, order))
-        g50, g90, a50, a90 = (_median([r[i] for r in rows]) for i in range(4))
-        need = _median([r[5] for r in rows])
-        grid_n = rows[0][4]
+            rows.append((g50, g90, a50, a90, trials_to_reach(adaptive, g50, g90), order))
+        g50, g90, a50, a90, need = (_median([r[i] for r in rows]) for i in range(5))
+        grid_n = len(GRID_K) * GRID_SEEDS
+        ratios.append((label, need / grid_n))
         print(f"\n## {label}")
-        print(f"CI width at {grid_n} trials (N50 / N90): grid x{_fmt(g50)} / x{_fmt(g90)}   "
-              f"adaptive x{_fmt(a50)} / x{_fmt(a90)}")  # fmt: skip
-        print(f"trials to reach the grid's width: grid {grid_n}   adaptive {_fmt(need)}")
-        print(f"ratio adaptive / grid trials to the grid's width: {_fmt(need / grid_n)} "
-              f"(target <= 0.5)")  # fmt: skip
-        for target in (2.0, 1.5):
-            tg = _median([trials_to_reach(grid_trace(t, options.n_boot, 10), target, target)
-                          for t in trials[:3]])  # fmt: skip
-            ta = _median([trials_to_reach(adaptive_trace(t, 3 * args.budget, options)[0],
-                                          target, target) for t in trials[:3]])  # fmt: skip
-            print(
-                f"trials to reach x{target:g} on both: grid {_fmt(tg)}   adaptive {_fmt(ta)}"
-                "   (median of the first 3 noise seeds; grid up to 10 seeds per K)"
-            )
-        print(f"adaptive N in proposal order (noise seed 0): {rows[0][6]}")
-    print(f"\n# {time.time() - t0:.0f} s")
+        print(f"CI width of N50 / N90 at {args.budget} trials: grid x{_fmt(g50)} / x{_fmt(g90)}"
+              f"   adaptive x{_fmt(a50)} / x{_fmt(a90)}")  # fmt: skip
+        print(f"trials to reach the grid's width on both: grid {grid_n}   adaptive {_fmt(need)}"
+              f"   (per noise seed: {', '.join(_fmt(r[4]) for r in rows)})")  # fmt: skip
+        print(
+            f"ratio adaptive / grid trials to the grid's width: {_fmt(need / grid_n)}"
+            " (target <= 0.5)"
+        )
+        print(f"adaptive N in proposal order (noise seed 0): {rows[0][5]}")
+    print("\n# summary: ratio adaptive / grid trials to the grid's CI width (target <= 0.5)")
+    for label, ratio in ratios:
+        print(f"ratio {_fmt(ratio)}  {label}")
+    print(f"# {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

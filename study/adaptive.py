@@ -291,7 +291,8 @@ def bisect_point(n: np.ndarray, y: np.ndarray, total_steps: int) -> tuple[int | 
 class Options:
     """How the searcher places trials (a space's `searcher_options`)."""
 
-    seeds: int = 3  # trials per proposed point, seeds 0, 1, … (more on a revisit)
+    seeds: int = 2  # trials per proposed point, seeds 0, 1, … (more on a revisit); 2 give a
+    # spread, pooled over points, and twice the decisions of 3 at the same budget
     initial_n: tuple[int, ...] = ()  # the coarse log grid in N; () = 4 points, 1 … ≈ T/30
     target_factor: float = 1.5  # stop when CI hi/lo of N₅₀ and N₉₀ are at most this
     n_boot: int = 200  # bootstrap refits per decision
@@ -393,10 +394,13 @@ class Planner:
         seeds = [s for s in range(len(used) + self.options.seeds) if s not in used]
         self.queue.extend((n, s) for s in seeds[: self.options.seeds])
 
-    def _note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-            log.warning("adaptive K: %s", text)
+    def _note(self, text: str, key: str = "") -> None:
+        """Say `text` once per `key` (a note's subject: the same fact with new numbers is no
+        news); kept in the state and logged."""
+        if (key and any(n.startswith(key) for n in self.notes)) or text in self.notes:
+            return
+        self.notes.append(text)
+        log.warning("adaptive K: %s", text)
 
     def _decide(self) -> None:
         """Refit, then queue the next point or finish."""
@@ -425,9 +429,10 @@ class Planner:
             record.factors[name] = band[1] / band[0] if band and band[0] > 0 else None
             if nq < 1:
                 self._note(f"{label} ≈ {nq:.3g} lies below one feature update: no uniform K "
-                           "gives it, so it is not refined")  # fmt: skip
+                           "gives it, so it is not refined", key=f"{label} ≈")  # fmt: skip
             elif nq > top:
-                self._note(f"{label} ≈ {nq:.3g} lies above the largest N below K=1 ({top})")
+                self._note(f"{label} ≈ {nq:.3g} lies above the largest N below K=1 ({top}): "
+                           "not refined", key=f"{label} ≈")  # fmt: skip
             elif record.factors[name] is None or record.factors[name] > opts.target_factor:
                 active.append(q)
         if not active and opts.stop:
@@ -541,6 +546,27 @@ def __getattr__(name: str) -> Any:
         cls = globals()["AdaptiveSearcher"] = _searcher_class()
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def stopped_at(fs: Any, experiment: str) -> int | None:
+    """Trials an adaptive study will have when its searcher stopped before `num_samples`
+    (from the newest searcher state Tune saved in the experiment folder); None otherwise.
+    The service's exit code counts a study as finished at this many trials."""
+    import pyarrow.fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(experiment, allow_not_found=True))
+    saved = [i for i in infos if i.base_name.startswith("searcher-state-")
+             and i.base_name.endswith(".pkl")]  # fmt: skip
+    if not saved:
+        return None
+    newest = max(saved, key=lambda i: i.mtime_ns or 0)
+    try:
+        with fs.open_input_file(newest.path) as f:
+            state = pickle.loads(f.read())
+        planner = state["planner"]
+    except (OSError, pickle.UnpicklingError, KeyError, TypeError, EOFError):
+        return None
+    return len(planner["proposals"]) if planner.get("finished") else None
 
 
 SWEPT = ("k", "seed")  # the keys the searcher places
