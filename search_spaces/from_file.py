@@ -104,8 +104,8 @@ def from_definition(payload: Mapping[str, Any], where: str) -> Space:
     if searcher not in SEARCHERS:
         raise bad("searcher", f"{searcher!r}: must be one of {', '.join(SEARCHERS)}")
     num_samples = _int(payload.get("num_samples", 1), 1, lambda r: bad("num_samples", r))
-    seconds = payload.get("seconds_per_trial", 5.0)
-    if not _number(seconds) or not 0 < seconds < math.inf:
+    seconds = payload.get("seconds_per_trial")  # the file's own estimate, if it has one
+    if seconds is not None and (not _number(seconds) or not 0 < seconds < math.inf):
         raise bad("seconds_per_trial", "must be a number > 0")
 
     fixed = _table(payload, "fixed", bad)
@@ -152,7 +152,7 @@ def from_definition(payload: Mapping[str, Any], where: str) -> Space:
         mode=mode,
         searcher=searcher,
         num_samples=num_samples,
-        seconds_per_trial=float(seconds),
+        seconds_per_trial=None if seconds is None else float(seconds),
         smoke=smoke_values,
     )
     if searcher not in space.allowed_searchers():

@@ -37,7 +37,6 @@ SPACE = Space(
     # plain Adam at K = 1 (ordinary training), once per seed: the baseline drawn as a level
     references=({"trainer": "plain", "optimizer": "adam", "lr": 0.001, "k": 1},),
     metric="val_acc",
-    seconds_per_trial=7.9,  # mean trial wall_s of a default run, 2 at once on 2 cores
     smoke={
         "total_steps": 40,
         "eval_every": 10,

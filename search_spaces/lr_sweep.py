@@ -18,6 +18,5 @@ SPACE = Space(
         "trainer": ["plain", "linearised"],
         "lr": [1e-4, 1e-3, 1e-2, 1e-1, 1.0],
     },
-    seconds_per_trial=1.5,  # measured: mean trial wall_s, 2 at once on 2 cores
     smoke={"total_steps": 20, "eval_every": 10, "lr": [1e-2, 1.0], "trainer": ["linearised"]},
 )

@@ -19,6 +19,5 @@ SPACE = Space(
         "one_shot_at": [0, 10, 100, 500, 1000, 2000],
         "seed": [0, 1],
     },
-    seconds_per_trial=2.9,  # measured: mean trial wall_s, 2 at once on 2 cores
     smoke={"total_steps": 40, "eval_every": 10, "one_shot_at": [0, 20], "seed": [0]},
 )

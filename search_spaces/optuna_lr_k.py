@@ -21,6 +21,5 @@ SPACE = Space(
     metric="val_acc",  # what Optuna optimises: selection on validation, never on test
     searcher="optuna",
     num_samples=20,  # trials the searcher proposes
-    seconds_per_trial=1.4,  # measured: mean trial wall_s, 2 at once on 2 cores
     smoke={"total_steps": 20, "eval_every": 10, "k": [1, 4, "inf"]},
 )

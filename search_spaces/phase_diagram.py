@@ -17,6 +17,5 @@ SPACE = Space(
         "total_steps": [250, 500, 1000, 2000],  # T
         "k": [1, 4, 16, 64, 200, "inf"],  # every finite K < the smallest T: K >= T is ∞
     },
-    seconds_per_trial=1.3,  # measured: mean trial wall_s, 2 at once on 2 cores
     smoke={"total_steps": [20, 40], "k": [1, "inf"], "eval_every": 10},
 )

@@ -58,7 +58,9 @@ class Space:
     # levels (e.g. plain Adam at K = 1) without crossing them with the swept keys.
     references: Sequence[Mapping[str, Any]] = ()
     searcher_options: Mapping[str, Any] = field(default_factory=dict)  # for study.adaptive
-    seconds_per_trial: float = 5.0  # measured wall time of one trial in a study, 1 CPU each
+    # A stated per-trial estimate (s) where search_spaces/calibration.json has no measured one:
+    # the GPU-sized spaces this machine cannot run, or a space file's own guess.
+    seconds_per_trial: float | None = None
     smoke: Mapping[str, Any] = field(default_factory=dict)  # --smoke: list → grid, else fixed
     trainable: str = "ilstudy_trial"  # name registered by trainables.ray_trainable
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Iterator, Mapping
@@ -18,7 +19,7 @@ from trainables.catalog import DataFileError, check_available
 
 SEED_STRIDE = 1000  # repeat r of a grid uses seed + r·SEED_STRIDE
 _MAX_CHECKED = 20_000  # configs validated one by one before a study starts, and trials at most
-STARTUP_S = 6.0  # measured: Ray start-up and shutdown, 2 cores (median over the 7 spaces)
+CALIBRATION = "calibration.json"  # in search_spaces/, written by benchmarks/calibrate.py
 
 
 def get_space(name: str, stored: Mapping[str, Any] | None = None) -> Space:
@@ -278,8 +279,37 @@ def _show(values: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
-def estimate_seconds(space: Space, trials: int, cpus: float, cpus_per_trial: float = 1.0) -> float:
-    """Expected wall time on `cpus` CPUs: trials in waves, plus Ray's start-up."""
+@functools.lru_cache(maxsize=1)
+def calibration() -> dict[str, Any]:
+    """`search_spaces/calibration.json` (`python -m benchmarks.calibrate`), or {} without one."""
+    import json
+    from importlib.resources import files
+
+    try:
+        return json.loads(files("search_spaces").joinpath(CALIBRATION).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def trial_seconds(space: Space, builtin: bool = True) -> tuple[float | None, str]:
+    """(seconds one trial of `space` takes in a study, where that figure comes from)."""
+    calibrated = calibration().get("spaces", {}).get(space.name)
+    if builtin and calibrated:
+        overhead = calibration().get("per_trial_overhead_s", 0.0)
+        return calibrated["trial_s"] + overhead, "calibrated"
+    if space.seconds_per_trial:
+        return space.seconds_per_trial, "estimate"
+    return None, "unknown"
+
+
+def estimate_seconds(
+    space: Space, trials: int, cpus: float, cpus_per_trial: float = 1.0, builtin: bool = True
+) -> float | None:
+    """Expected wall time on `cpus` CPUs: trials in waves, plus Ray's start-up; None when
+    nothing calibrates or estimates the space's trials."""
+    per_trial, _ = trial_seconds(space, builtin)
+    if per_trial is None:
+        return None
     parallel = max(1, min(trials, int(cpus // max(cpus_per_trial, 1e-9))))
     waves = math.ceil(trials / parallel)
-    return STARTUP_S + waves * space.seconds_per_trial
+    return calibration().get("startup_s", 0.0) + waves * per_trial

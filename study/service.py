@@ -373,7 +373,7 @@ def _storage_failure(exc: BaseException) -> OSError | None:
 
 
 def _estimate(prepared: Prepared) -> float | None:
-    """Expected run time from the space's measured trial time, on this cluster's CPUs."""
+    """Expected run time from the space's calibrated trial time, on this cluster's CPUs."""
     import ray
 
     from study.plan import estimate_seconds
@@ -382,7 +382,10 @@ def _estimate(prepared: Prepared) -> float | None:
         return None  # the space's timing is for its own defaults
     cpus = ray.cluster_resources().get("CPU", 1.0)
     plan = prepared.plan
-    return estimate_seconds(plan.space, plan.total_trials, cpus, prepared.spec.cpus_per_trial)
+    builtin = prepared.spec.space_definition is None
+    return estimate_seconds(
+        plan.space, plan.total_trials, cpus, prepared.spec.cpus_per_trial, builtin=builtin
+    )
 
 
 def trial_counts(paths: StudyPaths) -> dict[str, int]:

@@ -183,10 +183,33 @@ def test_list_shows_each_space_with_trials_and_expected_time() -> None:
     text = list_spaces(cpus=2)
     for space in search_spaces.all_spaces():
         line = next(line for line in text.splitlines() if line.startswith(space.name + " "))
-        assert "~" in line and space.description in line
+        assert "~" in line and space.description in line, line  # calibrated or estimated
     k_line = next(line for line in text.splitlines() if line.startswith("k_sweep "))
-    grid = search_spaces.get("k_sweep").grid
-    assert f" {math.prod(len(v) for v in grid.values())} " in k_line  # K × lr × seeds
+    space = search_spaces.get("k_sweep")
+    # K × lr × seeds, and the Adam arm once per seed
+    assert f" {math.prod(len(v) for v in space.grid.values()) + len(space.grid['seed'])} " in k_line
+    assert "python -m benchmarks.calibrate" in text.splitlines()[-1]  # where ~ comes from
+
+
+def test_expected_time_is_the_calibration_in_waves_plus_start_up(monkeypatch) -> None:
+    from study import plan as plan_module
+
+    made = {"startup_s": 7.0, "per_trial_overhead_s": 0.5, "spaces": {"smoke": {"trial_s": 2.0}}}
+    monkeypatch.setattr(plan_module, "calibration", lambda: made)
+    smoke = search_spaces.get("smoke")
+    assert plan_module.estimate_seconds(smoke, 5, cpus=2) == 7.0 + 3 * 2.5  # 3 waves of 2
+    assert plan_module.estimate_seconds(smoke, 5, cpus=2, builtin=False) is None  # a file's
+    fig9 = search_spaces.get("paper_fig9")  # not calibrated here: its stated estimate
+    assert plan_module.trial_seconds(fig9) == (fig9.seconds_per_trial, "estimate")
+
+
+def test_the_calibration_times_configs_spread_over_the_grid() -> None:
+    from benchmarks.calibrate import _configs
+
+    picked = _configs("k_sweep", 3)
+    ks = [c["k"] for c in picked]
+    assert len(picked) == 3 and len(set(ks)) > 1  # first, middle and last points
+    assert any(c.get("trainer") == "plain" for c in _configs("k_sweep", 1000))  # the Adam arm
 
 
 @pytest.fixture(autouse=True)
