@@ -1,9 +1,10 @@
 """k_sweep's curve with K placed adaptively (study.adaptive): dense where accuracy changes.
 
 Same task as k_sweep (mnist5k MLP, linearised, SGD, T = 1000) at one lr: the searcher needs one
-fixed config apart from (K, seed). lr 0.05 is the k_sweep value at which no K diverged. The
-selection metric is validation accuracy, never test. The grid below is k_sweep's shape at this
-lr, so `--searcher grid` runs the comparison study with the same trial count as the budget.
+fixed config apart from (K, seed). lr 0.05 is the larger of k_sweep's lrs, where every K is
+stable. The selection metric is validation accuracy, never test. The grid below is k_sweep's
+shape at this lr, so `--searcher grid` runs the comparison study with the trial count of the
+budget.
 """
 
 from __future__ import annotations

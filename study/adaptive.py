@@ -122,7 +122,24 @@ def _fit_many(
     (vlo, vhi), count = LOG_SLOPE_BOUNDS, len(gap)
     u = np.full(count, np.clip(start[0], lo, hi))
     v = np.full(count, np.clip(math.log(start[1]), vlo, vhi))
-    lam = np.full(count, 1e-3)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _lm(x, y, w, gap, a_inf, u, v, (lo, hi), iters)
+
+
+def _lm(
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    gap: np.ndarray,
+    a_inf: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    bounds: tuple[float, float],
+    iters: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The iterations of `_fit_many`."""
+    (lo, hi), (vlo, vhi) = bounds, LOG_SLOPE_BOUNDS
+    lam = np.full(len(gap), 1e-3)
 
     def cost(u: np.ndarray, v: np.ndarray) -> np.ndarray:
         r = a_inf[:, None] + gap[:, None] * _expit(np.exp(v)[:, None] * (x - u[:, None])) - y
@@ -138,8 +155,16 @@ def _fit_many(
         jac = np.stack([-s * dz, s * d * dz], axis=-1)  # (B, m, 2)
         a = np.einsum("bm,bmi,bmj->bij", w, jac, jac)
         g = np.einsum("bm,bmi,bm->bi", w, jac, r)
-        damp = lam[:, None, None] * (a * np.eye(2) + 1e-12 * np.eye(2))
-        step = np.linalg.solve(a + damp, -g[..., None])[..., 0]
+        # (A + λ·diag A) step = −g, solved in closed form (2×2); a saturated curve has A ≈ 0,
+        # and then no step is taken rather than a singular solve
+        a00 = a[:, 0, 0] * (1 + lam) + 1e-12
+        a11 = a[:, 1, 1] * (1 + lam) + 1e-12
+        det = a00 * a11 - a[:, 0, 1] * a[:, 1, 0]
+        safe = np.abs(det) > 1e-300
+        det = np.where(safe, det, 1.0)
+        step = np.stack([(-a11 * g[:, 0] + a[:, 0, 1] * g[:, 1]) / det,
+                         (a[:, 1, 0] * g[:, 0] - a00 * g[:, 1]) / det], axis=1)  # fmt: skip
+        step = np.where(safe[:, None] & np.isfinite(step), step, 0.0)
         u_new, v_new = np.clip(u + step[:, 0], lo, hi), np.clip(v + step[:, 1], vlo, vhi)
         new = cost(u_new, v_new)
         better = new < now
@@ -407,7 +432,10 @@ class Planner:
         n, y = self.observations()
         T, opts = self.total_steps, self.options
         rng = np.random.default_rng([opts.seed, len(y)])  # resumes draw what they would have
-        fit = fit_curve(n, y, T)
+        try:
+            fit = fit_curve(n, y, T)
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:  # never stop Tune
+            fit = f"the fit raised {type(exc).__name__}: {exc}"
         record = Decision(trials=len(y), fit=None, ci={}, factors={}, chose=None, why="")
         self.decisions.append(record)
         if isinstance(fit, str):
@@ -421,7 +449,10 @@ class Planner:
             self._enqueue(chose)
             return
         record.fit = asdict(fit)
-        bands = bootstrap_factors(n, y, T, fit, opts.n_boot, rng)
+        try:
+            bands = bootstrap_factors(n, y, T, fit, opts.n_boot, rng)
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+            bands = dict.fromkeys(QUANTILES)  # no interval: every threshold stays active
         active, top = [], n_of_k(2, T)
         for q, band in bands.items():
             name, label, nq = f"n{round(100 * q)}", f"N{round(100 * q)}", fit.n_at(q)
