@@ -1,7 +1,7 @@
 """The trial config: one flat mapping of plain values, validated once into a frozen dataclass.
 
 The same keys appear in search spaces, ``--set`` overrides and Parquet columns
-(see DESIGN.md, "Trial config"). Every field carries its unit and the reason for its default.
+(README, "Trial config"). Every field carries its unit and the reason for its default.
 """
 
 from __future__ import annotations

@@ -127,8 +127,8 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8×8 digits as (images (1797, 8, 8) float64, labels int64).
 
     Read straight from the CSV file that ``sklearn.datasets.load_digits`` reads, found without
-    importing scikit-learn: the import costs 1.5-2.5 s in every fresh trial process on 2 cores,
-    the file 30 ms. Falls back to ``load_digits`` if the file is not where it used to be.
+    importing scikit-learn, whose import is slow in every fresh trial process while the file is
+    quick to read. Falls back to ``load_digits`` if the file is not where scikit-learn keeps it.
     """
     path = package_file("sklearn", "datasets", "data", "digits.csv.gz")
     if path is not None:

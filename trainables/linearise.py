@@ -24,7 +24,7 @@ Params = dict[str, torch.Tensor]
 def vjp_scalar(out: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
     """⟨out, cotangent⟩ as a scalar: its gradient is the VJP uᵀ∂out, bit for bit (the backward
     of sum and mul hand exactly u to `out`). autograd.grad(out, grad_outputs=u) is the same VJP
-    but imports sympy (0.4 s, via torch.fx's symbolic shapes) in every fresh trial process."""
+    but imports sympy (via torch.fx's symbolic shapes), a slow import in every fresh trial process."""
     return (out * cotangent.detach()).sum()
 
 
@@ -292,8 +292,8 @@ def chain_linearisation(
         return torch.zeros_like(out) if t is None else t
 
     def vjp(u: torch.Tensor) -> dict[str, torch.Tensor]:
-        # grad_outputs, not vjp_scalar: CG calls this hundreds of times a step, and the scalar's
-        # extra mul and sum cost more there (MLP VJP 0.27 -> 0.33 ms) than sympy's one import
+        # grad_outputs, not vjp_scalar: CG calls this hundreds of times a step, so the scalar's
+        # extra mul and sum, paid at every call, cost more than sympy's one import
         grads = torch.autograd.grad(out, list(leaves.values()), grad_outputs=u, retain_graph=True)
         return dict(zip(leaves, grads, strict=True))
 

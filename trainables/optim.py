@@ -1,7 +1,7 @@
 """SGD and Adam exactly as `torch.optim` computes them, without `torch.optim`'s classes.
 
 The first call of any `torch.optim.Optimizer` method imports `torch._dynamo` (sympy, fx and
-more: 2-3 s on a 2-core CPU). Every Ray actor paid it on its first trial, once per process, on
+more), a slow import that every Ray actor would pay on its first trial, once per process, on
 the critical path of every study. The classes here call the kernels `torch.optim`'s own classes
 call (`torch.optim.sgd.sgd`, `torch.optim.adam.adam`) with `torch.optim`'s defaults, so the
 parameters follow `torch.optim.SGD` / `torch.optim.Adam` bit for bit (tested against them), and
