@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-import trainables.loop
+import trainables.steps
 from benchmarks import _common as C
 from benchmarks._trials import make_trial, synthetic_images, to_layout
 from trainables import Trial, batch_indices
@@ -87,15 +87,15 @@ def func_jvp_grad(model, params_s, delta, x, y, loss):
 
 
 def with_grad_fn(trial: Trial, grad_fn) -> Callable[[], None]:
-    """trial.advance with the loop's linearised gradient swapped for grad_fn during the call."""
+    """trial.advance with the linearised step's gradient swapped for grad_fn during the call."""
 
     def run() -> None:
-        original = trainables.loop.linearised_grad
-        trainables.loop.linearised_grad = grad_fn
+        original = trainables.steps.linearised_grad
+        trainables.steps.linearised_grad = grad_fn
         try:
             trial.advance()
         finally:
-            trainables.loop.linearised_grad = original
+            trainables.steps.linearised_grad = original
 
     return run
 

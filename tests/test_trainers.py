@@ -103,7 +103,7 @@ def test_linearised_gradient_is_jacobian_transpose_times_output_gradient():
     cfg = tiny_config(k=7, lr=0.3)
     trial = Trial(cfg)
     _run_steps(trial, 3)  # mid-phase: θ ≠ θ_s
-    from trainables.loop import _delta
+    from trainables.steps import param_delta as _delta
 
     x, y = trial.data.x_train[:16], trial.data.y_train[:16]
     from trainables.linearise import linearised_grad

@@ -14,10 +14,13 @@ and c (trace) or 1 (projected) backward passes (jacobian.py); Linear-only chains
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.data import Data
 from trainables.jacobian import (
     Params,
     chain_factors,
@@ -76,4 +79,60 @@ def relative_change(a: Params, b: Params) -> float:
 
 
 def probe_targets(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """One-hot targets of the probe's labels."""
     return F.one_hot(y, num_classes).to(dtype)
+
+
+# ---- the probe and the kernels it compares ----------------------------------------------
+@dataclass
+class KernelCache:
+    """The kernels a trial's measures compare, kept between records (part of its state)."""
+
+    K0: torch.Tensor | None = None  # the first measured kernel
+    prev: torch.Tensor | None = None  # the kernel at the previous measure
+    prev_step: int = 0  # the step of that measure
+    # (key, K): the last kernel computed, reused while the key names the same parameters
+    cache: tuple[int, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A fixed batch of training examples and output direction, the same at every measure."""
+
+    x: torch.Tensor  # the probe's inputs
+    Y_NxC: torch.Tensor  # their one-hot targets
+    v_C: torch.Tensor  # the unit output direction of the projected kernel
+    ntk: str  # "trace" or "projected"
+
+    @classmethod
+    def sample(cls, data: Data, size: int, seed: int, ntk: str) -> Probe:
+        """`size` training examples and a random v, both from the trial's seed alone."""
+        g = torch.Generator().manual_seed(40_000 + seed)
+        device, dtype = data.x_train.device, data.x_train.dtype
+        idx = torch.randperm(len(data.y_train), generator=g)[:size].to(device)
+        Y_NxC = probe_targets(data.y_train[idx], data.num_classes, dtype)
+        v_C = torch.randn(data.num_classes, generator=g, dtype=torch.float64)
+        return cls(data.x_train[idx], Y_NxC, (v_C / v_C.norm()).to(device, dtype), ntk)
+
+    def kernel_measures(
+        self, model: nn.Module, params: Params, key: int, step: int, kernels: KernelCache
+    ) -> dict[str, float]:
+        """The kernel measures of K(params) at `step`, against `kernels` (updated).
+
+        `key` names `params`: K is computed again only when the key changes.
+        """
+        if kernels.cache is None or kernels.cache[0] != key:
+            kernels.cache = (key, empirical_ntk(model, params, self.x, self.ntk, self.v_C))
+        K = kernels.cache[1]
+        if kernels.K0 is None:
+            kernels.K0, kernels.prev, kernels.prev_step = K, K, step
+        dist_prev = kernel_distance(kernels.prev, K)
+        dt = step - kernels.prev_step
+        out = {
+            "kernel_distance_init": kernel_distance(kernels.K0, K),
+            "kernel_distance_prev": dist_prev,
+            "kernel_velocity": dist_prev / dt if dt else 0.0,
+            "kernel_alignment": centred_alignment(K, self.Y_NxC),
+        }
+        kernels.prev, kernels.prev_step = K, step
+        return out

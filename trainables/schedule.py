@@ -12,15 +12,57 @@ never made: the final predictor is always the last linear model that was trained
 - geometric: gaps k, k·r, k·r², … (rounded, each ≥ 1): dense early, sparse late.
 - one_shot: every step up to ``one_shot_at`` (plain training), then never (Fort et al.'s child).
 
-``solve_to_convergence`` adds moves at run time (see loop.py); k then caps each phase.
+``solve_to_convergence`` adds moves at run time (:class:`Schedule`); k then caps each phase.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
 
 from trainables.config import TrialConfig
+
+
+@dataclass
+class Phase:
+    """The convergence test's view of the current phase (the steps since the last move)."""
+
+    start: int = 0  # the step the phase began at
+    best: float = math.inf  # the best smoothed batch loss so far (inf: none yet)
+    ema: float = math.nan  # the batch loss's exponential moving average (nan: none yet)
+    stale: int = 0  # steps since the EMA last improved on `best` by enough
+
+
+class Schedule:
+    """Whether θ_s moves after a step: a static schedule, or solve-to-convergence."""
+
+    def __init__(self, cfg: TrialConfig):
+        self.cfg = cfg
+        self.is_move_step = is_move_step(cfg)
+        self.converges = (
+            cfg.solve_to_convergence and cfg.trainer == "linearised" and cfg.schedule != "one_shot"
+        )
+
+    def move_due(self, step: int, batch_loss: torch.Tensor, phase: Phase) -> bool:
+        """After `step` steps, whose last had `batch_loss`: is a move due? Updates `phase`."""
+        if not self.converges:
+            return self.is_move_step(step)
+        loss = float(batch_loss)  # the convergence test needs the value every step
+        phase.ema = loss if math.isnan(phase.ema) else 0.9 * phase.ema + 0.1 * loss
+        if not math.isfinite(phase.best):  # the phase's first step sets the reference
+            phase.best, phase.stale = phase.ema, 0
+        else:
+            cfg = self.cfg
+            needed = max(cfg.convergence_rtol * abs(phase.best), cfg.convergence_atol)
+            if phase.ema < phase.best - needed:
+                phase.best, phase.stale = phase.ema, 0
+            else:
+                phase.stale += 1
+        # converged on the smoothed batch loss, or the phase has reached its cap k
+        return phase.stale >= self.cfg.convergence_patience or step - phase.start >= self.cfg.k
 
 
 def move_steps(cfg: TrialConfig) -> list[int]:
