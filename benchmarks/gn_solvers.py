@@ -5,7 +5,7 @@ For each model, batch size n and λ, the exact kernel-form solve, CG and auto ru
 the same batch and parameters (at init, or after --trained-steps of plain SGD), and the table
 gives their median times, CG's iterations against the law auto predicts them with, how far the
 two directions agree, what auto picked and its time over the faster one's. The calibration
-lines compare the cost model's predictions (gauss_newton.solver_costs) with the measured times:
+lines compare the cost model's predictions (gn_cost.solver_costs) with the measured times:
 on a new kind of device, scale DEVICE_RATES by them.
 
 Run:   python -m benchmarks.gn_solvers [--device cuda] [--models mlp,cnn] [--loss mse]
@@ -35,13 +35,8 @@ import torch
 
 from benchmarks import _common as C
 from benchmarks._trials import make_trial
-from trainables.gauss_newton import (
-    SolverMemory,
-    choose_solver,
-    gauss_newton_direction,
-    predicted_cg_iterations,
-    solver_costs,
-)
+from trainables.gauss_newton import SolverMemory, gauss_newton_direction
+from trainables.gn_cost import choose_solver, predicted_cg_iterations, solver_costs
 from trainables.jacobian import flatten
 
 TARGET = 1.2  # auto's time / the faster solver's
@@ -158,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{max(c for c, _ in choices):.2f}; auto picked the faster in {right} of {len(choices)} cells")  # fmt: skip
     print(f"calibration measured / predicted: exact {statistics.median(calib_exact):.2f}, "
           f"CG iteration {statistics.median(calib_iter):.2f}")  # fmt: skip
-    _ = choose_solver  # the rule lives in trainables.gauss_newton.choose_solver
+    _ = choose_solver  # the rule lives in trainables.gn_cost.choose_solver
 
 
 def _rayleigh(model, params, x, y, loss) -> float:

@@ -15,13 +15,12 @@ from tests.oracles import (
     tiny_config,
 )
 from trainables import Trial
-from trainables.gauss_newton import (
+from trainables.gauss_newton import conjugate_gradient, gauss_newton_direction
+from trainables.gn_cost import (
     _count_flops_by_layer,
     _count_flops_traced,
     _flops_per_example,
     choose_solver,
-    conjugate_gradient,
-    gauss_newton_direction,
 )
 from trainables.jacobian import flatten, unflatten
 from trainables.linearise import output_hessian, output_hessian_vp

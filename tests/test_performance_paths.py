@@ -10,13 +10,8 @@ from tests.oracles import dense_jacobian, dense_output_hessian, flat_params, tin
 from trainables import Trial, TrialConfig
 from trainables import jacobian as jac
 from trainables import linearise as lin
-from trainables.gauss_newton import (
-    SolverCosts,
-    choose_solver,
-    conjugate_gradient,
-    gauss_newton_direction,
-    predicted_cg_iterations,
-)
+from trainables.gauss_newton import conjugate_gradient, gauss_newton_direction
+from trainables.gn_cost import SolverCosts, choose_solver, predicted_cg_iterations
 from trainables.measures import empirical_ntk
 from trainables.models import build_model
 
