@@ -28,7 +28,7 @@ SPACE = Space(
         "eval_every": 100,  # steps between records
     },
     grid={
-        # steps between feature updates; inf = never. N = ⌈T/K⌉ − 1 = 30, 16, 7, 4, 2, 1 for the
+        # steps between feature updates; inf = never. N = ⌈T/K⌉ − 1 = 30, 16, 7, 4, 3, 1 for the
         # finite K > 1: dense where accuracy moves, between N = 0 and N ≈ 10.
         "k": [1, 33, 62, 125, 200, 333, 500, "inf"],
         "lr": [0.03, 0.05],  # tuned per K on validation accuracy by the report

@@ -62,7 +62,7 @@ class Space:
     # the GPU-sized spaces this machine cannot run, or a space file's own guess.
     seconds_per_trial: float | None = None
     smoke: Mapping[str, Any] = field(default_factory=dict)  # --smoke: list → grid, else fixed
-    trainable: str = "ilstudy_trial"  # name registered by trainables.ray_trainable
+    trainable: str = "ilstudy_trial"  # name registered by study.trainable
 
     def grid_size(self) -> int:
         """Number of points in the cross product of `grid` (1 when empty)."""
