@@ -1,4 +1,4 @@
-"""Command-line arguments of `python -m study.run` (DESIGN.md, CLI contract)."""
+"""Command-line arguments of `python -m study.run` (the README, "Running a study")."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ class StudySpec:
     num_samples: int  # grid: repeats with fresh seeds; random/optuna: trials
     overrides: dict[str, Any] = field(default_factory=dict)  # --set, typed by TrialConfig
     smoke: bool = False  # the space's smoke overrides applied
-    data_dir: str = ""  # absolute: trials run in their own folders (RAY_NOTES trap 5)
+    data_dir: str = ""  # absolute: each trial runs in its own folder, so a relative path breaks
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0  # 0 = as many as resources allow
