@@ -121,7 +121,7 @@ class TrialConfig:
     eval_every: int = 200  # steps between records (full train and test evaluation)
     probe_size: int = 64  # examples in the fixed probe batch for feature-learning measures; 0 = off
     measure_every: int = 0  # steps between measures; 0 = at every record
-    # probe kernel: projected (n VJPs, the default: ≤10% of training) or trace (n·c VJPs); measures.py
+    # probe kernel: projected (n VJPs, the cheap default) or trace (n·c VJPs); measures.py
     ntk: str = field(default="projected", metadata=_choice(*NTK_KINDS))
 
     # ------------------------------------------------------------------------------------

@@ -125,10 +125,11 @@ def _faster_solver(
     p = sum(t.numel() for t in params.values())
     relative = damping_mode == "relative"
     costs: SolverCosts = solver_costs(model, params, x, c, loss)
+    itemsize = out_BxC.element_size()
+    ask = dict(costs=costs, cg_tol=cg_tol, cg_max_iter=cg_max_iter, relative=relative)
 
     def choose(**known: float) -> str:
-        return choose_solver("auto", n, c, p, max_dim, out_BxC.element_size(), costs=costs,
-                             cg_tol=cg_tol, cg_max_iter=cg_max_iter, relative=relative, **known)  # fmt: skip
+        return choose_solver("auto", n, c, p, max_dim, itemsize, **ask, **known)
 
     kind = choose()
     remembered = memory.fresh() if memory is not None and not relative else None

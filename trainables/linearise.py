@@ -24,7 +24,7 @@ Params = dict[str, torch.Tensor]
 def vjp_scalar(out: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
     """⟨out, cotangent⟩ as a scalar: its gradient is the VJP uᵀ∂out, bit for bit (the backward
     of sum and mul hand exactly u to `out`). autograd.grad(out, grad_outputs=u) is the same VJP
-    but imports sympy (via torch.fx's symbolic shapes), a slow import in every fresh trial process."""
+    but imports sympy (via torch.fx's symbolic shapes): slow in every fresh trial process."""
     return (out * cotangent.detach()).sum()
 
 

@@ -22,13 +22,17 @@ from trainables.optim import SGD, Adam, Optimizer
 from trainables.state import TrialState
 
 
-class _NetworkStep:
-    """Plain and Gauss-Newton train the network itself: θ_s is θ at every step."""
+class _Step:
+    """What every step holds: the config, the model, and the trial's state it trains."""
 
     cg_iters = 0  # CG iterations of the last step
 
     def __init__(self, cfg: TrialConfig, model: nn.Module, state: TrialState):
         self.cfg, self.model, self.state = cfg, model, state
+
+
+class _NetworkStep(_Step):
+    """Plain and Gauss-Newton train the network itself: θ_s is θ at every step."""
 
     def move(self) -> None:
         """A feature update: nothing to copy, θ_s is θ."""
@@ -58,8 +62,9 @@ class GaussNewtonStep(_NetworkStep):
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cfg, theta = self.cfg, self.state.theta
         direction, loss, info = gauss_newton_direction(
-            self.model, theta, x, y, cfg.loss, cfg.damping, damping_mode=cfg.damping_mode,
-            solver=cfg.solver, cg_tol=cfg.cg_tol, cg_max_iter=cfg.cg_max_iter, exact_max_dim=cfg.exact_max_dim,
+            self.model, theta, x, y, cfg.loss, cfg.damping,
+            damping_mode=cfg.damping_mode, solver=cfg.solver,
+            cg_tol=cfg.cg_tol, cg_max_iter=cfg.cg_max_iter, exact_max_dim=cfg.exact_max_dim,
             memory=self.state.solver_memory,
         )  # fmt: skip
         with torch.no_grad():
@@ -69,13 +74,8 @@ class GaussNewtonStep(_NetworkStep):
         return loss
 
 
-class LinearisedStep:
+class LinearisedStep(_Step):
     """One optimiser step on the model linearised at θ_s: iterative linearisation."""
-
-    cg_iters = 0
-
-    def __init__(self, cfg: TrialConfig, model: nn.Module, state: TrialState):
-        self.cfg, self.model, self.state = cfg, model, state
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s = self.state
