@@ -6,7 +6,7 @@ the same batch and parameters (at init, or after --trained-steps of plain SGD), 
 gives their median times, CG's iterations against the law auto predicts them with, how far the
 two directions agree, what auto picked and its time over the faster one's. The calibration
 lines compare the cost model's predictions (gn_cost.solver_costs) with the measured times:
-on a new kind of device, scale DEVICE_RATES by them.
+on a new kind of device, scale gn_cost.DEVICE_RATES by them.
 
 Run:   python -m benchmarks.gn_solvers [--device cuda] [--models mlp,cnn] [--loss mse]
                                        [--trained-steps 200] [--smoke]
