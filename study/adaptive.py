@@ -581,23 +581,31 @@ def __getattr__(name: str) -> Any:
 
 def stopped_at(fs: Any, experiment: str) -> int | None:
     """Trials an adaptive study will have when its searcher stopped before `num_samples`
-    (from the newest searcher state Tune saved in the experiment folder); None otherwise.
+    (from the searcher states Tune saved in the experiment folder); None otherwise.
     The service's exit code counts a study as finished at this many trials."""
+    planner = saved_planner(fs, experiment)
+    return len(planner["proposals"]) if planner and planner.get("finished") else None
+
+
+def saved_planner(fs: Any, experiment: str) -> dict[str, Any] | None:
+    """The latest saved planner state of a study, or None. Chosen by content, the one with the
+    most proposals (a study's state only grows): a resumed driver's file can carry an older
+    mtime than the previous session's (RAY_NOTES trap 10 is the same lesson for names)."""
     import pyarrow.fs as pafs
 
     infos = fs.get_file_info(pafs.FileSelector(experiment, allow_not_found=True))
-    saved = [i for i in infos if i.base_name.startswith("searcher-state-")
-             and i.base_name.endswith(".pkl")]  # fmt: skip
-    if not saved:
-        return None
-    newest = max(saved, key=lambda i: i.mtime_ns or 0)
-    try:
-        with fs.open_input_file(newest.path) as f:
-            state = pickle.loads(f.read())
-        planner = state["planner"]
-    except (OSError, pickle.UnpicklingError, KeyError, TypeError, EOFError):
-        return None
-    return len(planner["proposals"]) if planner.get("finished") else None
+    best: dict[str, Any] | None = None
+    for info in infos:
+        if not (info.base_name.startswith("searcher-state-") and info.base_name.endswith(".pkl")):
+            continue
+        try:
+            with fs.open_input_file(info.path) as f:
+                planner = pickle.loads(f.read())["planner"]
+        except (OSError, pickle.UnpicklingError, KeyError, TypeError, EOFError):
+            continue  # a damaged or foreign file says nothing about the study
+        if best is None or len(planner["proposals"]) > len(best["proposals"]):
+            best = planner
+    return best
 
 
 SWEPT = ("k", "seed")  # the keys the searcher places

@@ -211,11 +211,14 @@ def _tuner(plan: Any, storage: Path, name: str, callbacks: list) -> Any:
 
 
 def _proposed(experiment: Path) -> list[tuple[Any, int]]:
-    """(K, seed) in proposal order, from the newest saved searcher state."""
-    newest = max(experiment.glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime_ns)
-    with open(newest, "rb") as f:
-        state = pickle.load(f)
-    return [(p["k"], p["seed"]) for p in state["planner"]["proposals"]]
+    """(K, seed) in proposal order, from the latest saved searcher state."""
+    import pyarrow.fs as pafs
+
+    from study.adaptive import saved_planner
+
+    planner = saved_planner(pafs.LocalFileSystem(), str(experiment))
+    assert planner is not None
+    return [(p["k"], p["seed"]) for p in planner["proposals"]]
 
 
 @pytest.mark.ray
