@@ -173,7 +173,7 @@ def test_the_plan_refuses_before_anything_runs() -> None:
 def adaptive_fake_trial(config: dict) -> None:
     """A trainable whose val_acc is the known curve at its K's N (registered by this name)."""
     n = n_of_k(config["k"], config["total_steps"])
-    value = true_acc(n, config["seed"])
+    value = true_acc(n, config["seed"], n50=config.get("true_n50", TRUE_N50))
     tune.report({"val_acc": value, "test_acc": value, "diverged": False})
 
 
@@ -190,12 +190,10 @@ class InterruptAfter(tune.Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
-def _tuner(plan: Any, storage: Path, name: str, callbacks: list) -> Any:
-    from ray import tune
-
+def _tuner(plan: Any, storage: Path, name: str, callbacks: list, **extra: Any) -> Any:
     return tune.Tuner(
         adaptive_fake_trial,
-        param_space={**plan.param_space(), "total_steps": T},
+        param_space={**plan.param_space(), "total_steps": T, **extra},
         tune_config=tune.TuneConfig(
             metric=plan.metric,
             mode=plan.mode,
@@ -246,6 +244,22 @@ def test_in_tune_an_interrupted_study_resumes_to_what_an_unbroken_one_proposes(
         (str(k), int(s)) for k, s in zip(frame["config/k"], frame["config/seed"], strict=True)
     )
     assert ran == sorted((str(k), s) for k, s in expected)  # each proposal ran once
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_in_tune_the_searcher_ends_the_study_when_the_transition_lies_below_one_update(
+    ray_session: Any, storage: Path
+) -> None:
+    import pyarrow.fs as pafs
+
+    from study.adaptive import stopped_at
+
+    plan = _plan(smoke=False, num_samples=30)
+    results = _tuner(plan, storage, "below_one", [], true_n50=0.2).fit()
+    done = stopped_at(pafs.LocalFileSystem(), str(storage / "below_one"))
+    assert done == len(results) == 12  # references and the coarse grid, then the stop
+    assert not results.errors
 
 
 def make_options(plan: Any) -> Options:
