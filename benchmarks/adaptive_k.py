@@ -1,5 +1,5 @@
-"""Claim: adaptive placement of K reaches the grid's CI width on N₅₀ and N₉₀ with at most half
-the trials of the default k_sweep grid.
+"""Target: adaptive placement of K reaches the grid's CI width on N₅₀ and N₉₀ with at most half
+the trials of the default k_sweep grid. Printed per known curve: how far it gets, and where not.
 
 Both studies run on the same task and budget and are scored with the same estimator
 (study.adaptive: the report's logistic-in-log-N model, levels from K=1 and K=∞, percentile
@@ -10,12 +10,13 @@ bootstrap over seeds):
   budget without its early stop, its CIs traced after every decision.
 
 The task is synthetic unless --real: each trial's metric is a known logistic in log N plus
-Gaussian seed noise (the curve's levels and noise are those of the k_sweep table in the README),
-so the truth is known and replicates are cheap. Each case is repeated over `--reps` noise seeds;
-the printed figures are medians over them. A CI width is the factor hi/lo of the 95% interval
-(×1.5 means hi = 1.5·lo); "inf" means no interval (the bootstrap refits failed).
---real runs real IL trials in-process (trainables.run, mnist5k at k_adaptive's settings); it
-takes about as long as the two studies' trials, one at a time.
+Gaussian seed noise, so the truth is known and replicates are cheap (the levels and noise are
+about those of the k_sweep table in the README). Each case is repeated over `--reps` noise
+seeds; the printed figures are medians over them. A CI width is the factor hi/lo of the 95%
+interval (×1.5 means hi = 1.5·lo); "inf" means no interval (the bootstrap refits failed), and
+"need inf" that the adaptive study never reached the grid's width within the budget.
+--real runs real IL trials in-process (trainables.run, mnist5k at k_adaptive's settings, one
+noise realisation), one at a time: as long as both studies' trials back to back.
 
 Run:   python -m benchmarks.adaptive_k [--reps R] [--budget B] [--real] [--smoke]
 """

@@ -33,7 +33,7 @@ SPACE = Space(
     num_samples=40,  # the trial budget: the grid's count
     searcher_options={
         "seeds": 2,  # trials per proposed N before moving on (a revisit adds more)
-        "initial_n": [1, 3, 10, 30],  # the coarse log grid after the references K=1, K=∞
+        "initial_n": [1, 4, 16],  # the coarse log grid after the references K=1, K=∞
         "target_factor": 1.5,  # stop when the CIs of N50 and N90 are within hi/lo <= 1.5
         "n_boot": 200,  # bootstrap refits per decision
     },

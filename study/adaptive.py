@@ -318,7 +318,7 @@ class Options:
 
     seeds: int = 2  # trials per proposed point, seeds 0, 1, … (more on a revisit); 2 give a
     # spread, pooled over points, and twice the decisions of 3 at the same budget
-    initial_n: tuple[int, ...] = ()  # the coarse log grid in N; () = 4 points, 1 … ≈ T/30
+    initial_n: tuple[int, ...] = ()  # the coarse log grid in N; () = 3 points, 1 … ≈ T/60
     target_factor: float = 1.5  # stop when CI hi/lo of N₅₀ and N₉₀ are at most this
     n_boot: int = 200  # bootstrap refits per decision
     seed: int = 0  # of the bootstrap's generator (mixed with the number of results)
@@ -380,7 +380,7 @@ class Planner:
 
     def initial_grid(self) -> list[int]:
         """The coarse log grid in N that follows the references."""
-        wanted = self.options.initial_n or np.geomspace(1, max(8.0, self.total_steps / 30), 4)
+        wanted = self.options.initial_n or np.geomspace(1, max(8.0, self.total_steps / 60), 3)
         grid = {snap_n(float(v), self.total_steps) for v in wanted}
         return sorted(n for n in grid if 1 <= n < self.total_steps - 1)
 
