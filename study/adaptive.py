@@ -11,7 +11,7 @@ The searcher, for one fixed config apart from (k, seed):
    proposed one after another (replicates before moving on);
 2. then, whenever every trial so far has reported, refits the curve and bootstraps the CIs of
    N₅₀ and N₉₀ (seeds resampled within each N). The next point is the N (or reference) whose
-   `seeds` new trials most shrink the largest delta-method variance of ln N_q over the
+   `seeds` new trials most shrink the delta-method variances of ln N_q, relative to now, of the
    thresholds whose CI factor hi/lo is still above `target_factor`. A threshold below one
    feature update cannot be refined (no uniform K lies there): the searcher notes it, logs it
    and refines the other only. When the fit fails it bisects, in log N, the interval with the
@@ -270,17 +270,21 @@ def design_point(
     candidates: Iterable[int],
 ) -> int:
     """The N (0 and T−1 are the references) whose `replicates` new trials most shrink
-    max_q Var(ln N_q) over the `active` thresholds (delta method; the noise level cancels)."""
+    Σ_q Var(ln N_q) / Var_now(ln N_q) over the `active` thresholds (delta method; the noise
+    level cancels). Relative, so that N₉₀, whose variance carries the slope's, does not take
+    every trial from N₅₀: the stop needs both narrow."""
     info = 1e-9 * np.eye(4)
     for n, c in counts.items():
         r = _row(fit, n, total_steps)
         info += c * np.outer(r, r)
     targets = [_target(q, fit) for q in active]
+    now = np.linalg.pinv(info)
+    scale = [max(float(t @ now @ t), 1e-300) for t in targets]
     best, best_score = None, math.inf
     for n in [0, total_steps - 1, *candidates]:
         r = _row(fit, n, total_steps)
         cov = np.linalg.pinv(info + replicates * np.outer(r, r))
-        score = max(float(t @ cov @ t) for t in targets)  # the stop needs every one narrow
+        score = sum(float(t @ cov @ t) / v for t, v in zip(targets, scale, strict=True))
         if score < best_score - 1e-12:
             best, best_score = n, score
     assert best is not None
