@@ -166,8 +166,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     import logging
 
-    import search_spaces
+    import torch
 
+    import search_spaces
+    from benchmarks._common import environment
+
+    print(environment(torch.device("cpu")))  # hardware and versions first, as every benchmark
     logging.getLogger("study.adaptive").setLevel(logging.ERROR)  # its notes, once per run
     space = search_spaces.get("k_adaptive")
     n_boot = 100 if args.smoke else args.n_boot

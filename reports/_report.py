@@ -82,6 +82,7 @@ def write_report(
     _check_out(out_dir)
     # fitting and plotting need scipy and matplotlib: import them once the input is known good
     from ._fit import fit_feature_updates
+    from ._plot_adaptive import plot_adaptive
     from ._plot_curves import plot_training_curves
     from ._plot_matched import plot_matched_train_loss
     from ._plot_measure import MEASURE, measure_correlations, plot_measure
@@ -120,6 +121,7 @@ def write_report(
         "lr": lambda p: plot_lr(data.trials, p, formats),
         "damping": lambda p: plot_damping(data.trials, p, formats),
         "proxy_vs_measure": lambda p: plot_measure(data.trials, p, formats),
+        "adaptive_placement": lambda p: plot_adaptive(data.trials, p, formats),
     }
     for name, draw in figures.items():
         try:

@@ -512,7 +512,7 @@ def _searcher_class() -> type:
 
     class AdaptiveSearcher(Searcher):
         """A Tune Searcher around a `Planner`: suggests {"k", "seed"}, reads the metric on
-        completion. Metric and mode come from TuneConfig (set once there, RAY_NOTES)."""
+        completion. Metric and mode come from TuneConfig (set once there: Tune refuses both)."""
 
         def __init__(self, total_steps: int, options: Options | None = None) -> None:
             super().__init__()
@@ -594,7 +594,7 @@ def stopped_at(fs: Any, experiment: str) -> int | None:
 def saved_planner(fs: Any, experiment: str) -> dict[str, Any] | None:
     """The latest saved planner state of a study, or None. Chosen by content, the one with the
     most proposals (a study's state only grows): a resumed driver's file can carry an older
-    mtime than the previous session's (RAY_NOTES trap 10 is the same lesson for names)."""
+    mtime than the previous session's (the same reason the study picks Tune snapshots by content, not name)."""
     import pyarrow.fs as pafs
 
     infos = fs.get_file_info(pafs.FileSelector(experiment, allow_not_found=True))

@@ -148,7 +148,9 @@ def new_spec(options: StudyOptions) -> StudySpec:
         grace_period=_or(options.grace_period, 0),
         reduction_factor=_or(options.reduction_factor, 3.0),
         trackers=list(dict.fromkeys(options.trackers or ())),
-        num_samples=options.num_samples or default_num_samples(space, searcher),
+        # --smoke shrinks the budget too: a smoke run of a 40-trial space is a few trials
+        num_samples=options.num_samples
+        or default_num_samples(space.smoke_version() if options.smoke else space, searcher),
         overrides=overrides,
         smoke=options.smoke,
         data_dir=os.path.abspath(os.path.expanduser(str(data_dir))),
@@ -333,7 +335,12 @@ def _fit(
                 f"{failure.strerror}; free space (or fix the storage), then resume with: "
                 f"{resume_command(paths)}"
             ) from None
-    outcome = Outcome(paths=paths, total=plan.total_trials, wall_s=time.time() - t0, lost=lost)
+    total = plan.total_trials
+    if spec.searcher == "adaptive":  # its searcher may end the study before num_samples
+        from study.adaptive import stopped_at
+
+        total = stopped_at(paths.storage.fs, paths.experiment) or total
+    outcome = Outcome(paths=paths, total=total, wall_s=time.time() - t0, lost=lost)
     outcome.counts = trial_counts(paths)
     _print_summary(outcome, spec, out)
     return outcome

@@ -28,6 +28,7 @@ CPU_BENCHMARKS = {
         "ratio fresh process (start to exit) / the same trial warm",
         "heavy modules the fresh process imported:",
     ],
+    "adaptive_k": ["ratio adaptive / grid trials to the grid's width"],
 }
 
 
@@ -39,7 +40,7 @@ def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 
 
 def test_every_cpu_benchmark_runs_its_smoke_mode_and_prints_its_ratios():
-    """All four in one interpreter (python -m benchmarks): one torch import, seconds."""
+    """All five in one interpreter (python -m benchmarks): one torch import, seconds."""
     done = _run("-m", "benchmarks")
     out = done.stdout
     assert done.returncode == 0, out[-2000:] + done.stderr[-3000:]

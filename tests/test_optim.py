@@ -119,7 +119,7 @@ def test_trials_do_not_import_torch_dynamo_or_sympy():
         import sys
         from trainables import Trial
         def run(cfg):
-            trial = Trial({**cfg, "total_steps": 12, "eval_every": 6, "n_train": 256})
+            trial = Trial({"total_steps": 12, "eval_every": 6, "n_train": 256, **cfg})
             list(trial.records())
             trial.load_state_dict(trial.state_dict())
         for cfg in [dict(trainer="plain"), dict(trainer="plain", optimizer="adam", lr=0.01),
@@ -127,9 +127,12 @@ def test_trials_do_not_import_torch_dynamo_or_sympy():
                     dict(trainer="linearised", k="inf", model="cnn", channels=4)]:
             run(cfg)
         print("sympy" if "sympy" in sys.modules else "no sympy")
+        # two GN steps with a record between take every path (imports happen on first use);
+        # more would only repeat CG's many products on the CNN
+        short = dict(total_steps=2, eval_every=1)
         for cfg in [dict(trainer="gauss_newton"), dict(trainer="gauss_newton", solver="auto",
-                    model="cnn", channels=4, ntk="trace"),
-                    dict(trainer="gauss_newton", solver="cg", model="cnn", channels=4)]:
+                    model="cnn", channels=4, ntk="trace", **short),
+                    dict(trainer="gauss_newton", solver="cg", model="cnn", channels=4, **short)]:
             run(cfg)
         print("dynamo" if "torch._dynamo" in sys.modules else "no dynamo")
         """
