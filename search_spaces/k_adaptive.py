@@ -37,7 +37,6 @@ SPACE = Space(
         "target_factor": 1.5,  # stop when the CIs of N50 and N90 are within hi/lo <= 1.5
         "n_boot": 200,  # bootstrap refits per decision
     },
-    seconds_per_trial=7.9,  # k_sweep's measured mean trial wall_s, the same trials
     smoke={
         "total_steps": 40,
         "eval_every": 10,
