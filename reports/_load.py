@@ -118,7 +118,9 @@ def _read_one(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if trials_file.is_file():
         reported, reported_roles = _read_parquet(trials_file)
         if "trial_id" not in reported.columns or "study" not in reported.columns:
-            raise ReportError(f"{trials_file}: not an ilstudy trials table (no trial_id or study column)")
+            raise ReportError(
+                f"{trials_file}: not an ilstudy trials table (no trial_id or study column)"
+            )
         described |= reported_roles is not None
         roles = {**(reported_roles or {}), **roles}
         reported = _tidy_ids(reported)
