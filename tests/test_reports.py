@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("feature_updates", "matched_train_loss", "phase_diagram", "training_curves", "damping",
            "proxy_vs_measure")  # fmt: skip
-# figures a study without an lr sweep does not get
-ALL_FIGURES = (*FIGURES, "feature_updates_tuned", "lr")
+# figures a study without an lr sweep, or with K on a grid, does not get
+ALL_FIGURES = (*FIGURES, "feature_updates_tuned", "lr", "adaptive_placement")
 # small grids keep the whole file fast; two T values make the phase diagram and per-T fits
 FULL = dict(ks=(1, 2, 5, 10, 20, 40, 100, INF), total_steps=(500, 1000), seeds=(0, 1, 2),
             gn_dampings=(1e-6, 1e-3, 1.0), running=2, diverged=2, errored=1)  # fmt: skip
