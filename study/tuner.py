@@ -34,7 +34,7 @@ def trainable(spec: StudySpec, name: str) -> Any:
 @contextlib.contextmanager
 def no_tensorboard() -> Iterator[None]:
     """Around `Tuner.fit()`: keep Tune's JSON and CSV result files but not its TensorBoard
-    logger, which imports torch into the driver (3 s on 2 cores) and writes every report once
+    logger, which imports torch into the driver (seconds of start-up) and writes every report once
     more; the results are in Parquet. The study passes the two loggers it keeps explicitly.
     Tune reads the switch when fit() starts; the caller's environment is restored after."""
     key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
@@ -101,7 +101,7 @@ def build_tuner(
         scheduler=scheduler,
         num_samples=plan.tune_num_samples,
         max_concurrent_trials=spec.max_concurrent or None,
-        reuse_actors=True,  # an actor start costs 2-4 s on 2 cores
+        reuse_actors=True,  # a new actor pays a fresh process and the torch import
     )
     return tune.Tuner(
         trainable(spec, paths.name),
