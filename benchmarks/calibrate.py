@@ -64,8 +64,6 @@ def _available(name: str) -> bool:
     from trainables.catalog import check_available
 
     space = search_spaces.get(name)
-    if space.searcher not in ("grid", "random", "optuna", "adaptive"):
-        return False
     try:
         check_available(TrialConfig.from_mapping(dict(space.fixed)))
     except Exception:

@@ -56,6 +56,9 @@ class StudyData:
     dirs: tuple[Path, ...]
 
 
+STOPPED_REASON = "stopped by the scheduler"  # the exclusion of a scheduler's STOPPED trial
+
+
 def load(study_dirs: StudyPaths) -> pd.DataFrame:
     """The metrics rows of one or several studies: one row per (study, trial_id, step)."""
     return read_studies(study_dirs).metrics
@@ -242,7 +245,7 @@ def _status(row: dict) -> tuple[str, str]:
     if reported == Status.ERROR:
         return Status.ERROR, "errored"
     if reported == Status.STOPPED:  # an early-stopping scheduler's loser: tuning, not data
-        return Status.STOPPED, "stopped by the scheduler"
+        return Status.STOPPED, STOPPED_REASON
     if reported == Status.PENDING or row["n_rows"] == 0:
         return (reported or Status.PENDING), "pending"
     if reported == Status.RUNNING:

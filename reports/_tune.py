@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ._load import STOPPED_REASON
 from ._schema import config_keys, format_value
 
 DEFAULT_TUNED = ("lr",)
 TUNED = "val-tuned"  # what a tuned key's column says in the tuned view; its value is in __<key>
 SELECTOR = "val_acc"
-STOPPED_REASON = "stopped by the scheduler"  # reports._load's exclusion for a STOPPED trial
 
 
 def rule(keys: Sequence[str]) -> str:

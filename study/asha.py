@@ -117,9 +117,9 @@ class CellASHA(FIFOScheduler):
         race = self._race(trial)
         if trial.trial_id not in race._trial_info:  # restored trial whose add predates the file
             race.on_trial_add(tune_controller, trial)
-        before = pickle.dumps(race._trial_info[trial.trial_id]._rungs)
+        before = _recorded(race, trial)
         decision = race.on_trial_result(tune_controller, trial, result)
-        if pickle.dumps(race._trial_info[trial.trial_id]._rungs) != before:
+        if _recorded(race, trial) != before:
             self._save()  # a rung recorded a result: the race changed
         return decision
 
@@ -135,3 +135,8 @@ class CellASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         return f"CellASHA: {len(self._races)} races (one per K and seed)"
+
+
+def _recorded(race: AsyncHyperBandScheduler, trial: Any) -> int:
+    """Results the trial's bracket holds over all its rungs: grows only when a rung records."""
+    return sum(len(recorded) for _, recorded in race._trial_info[trial.trial_id]._rungs)
