@@ -6,10 +6,10 @@ fits its training data, five seeds, and mnist5k's 1,000 test digits make one exa
 K is dense where the curve changes, N from 1 to about 30, with K=1 and K=∞ as levels and plain
 Adam, the usual baseline, as a reference arm of the same study and figure.
 
-The lr grid is where every K is stable. At lr 0.1, IL diverges at K = 33 and 62 while K = 1 and
-K = ∞ do not (the linear model of a phase cannot leave a sharp region the way SGD does), so a
-grid that included it would compare some K at a learning rate the others cannot use; the
-`lr_sweep` space shows that instability on its own.
+The lr grid is where every K is stable. At a larger lr, IL diverges at some middle K while K = 1
+and K = ∞ do not (the linear model of a phase cannot leave a sharp region the way SGD does; the
+README's main-figure section has the run), so a grid that included it would compare some K at a
+learning rate the others cannot use; the `lr_sweep` space shows that instability on its own.
 """
 
 from __future__ import annotations

@@ -225,3 +225,19 @@ def test_no_searcher_selects_on_the_test_set() -> None:
     for space in search_spaces.all_spaces():
         if space.searcher != "grid":
             assert not space.metric.startswith("test_"), space.name
+
+
+def test_grid_and_random_generators_get_the_concurrency_limit_themselves() -> None:
+    """Tune applies max_concurrent_trials only to a Searcher; a variant generator (grid with
+    reference arms, random) must carry the limit or --max-concurrent is ignored."""
+    random_plan = build_plan(_spec(search_spaces.get("optuna_lr_k"), searcher="random"))
+    assert random_plan.search_alg(3).max_concurrent == 3
+    grid_plan = build_plan(_spec(search_spaces.get("k_sweep")))  # its Adam arm: a generator
+    assert grid_plan.search_alg(2).max_concurrent == 2
+
+
+def test_smoke_shrinks_a_searchers_budget_too() -> None:
+    from study.service import StudyOptions, new_spec
+
+    assert new_spec(StudyOptions(space="k_adaptive", smoke=True)).num_samples == 3
+    assert new_spec(StudyOptions(space="k_adaptive")).num_samples == 40
