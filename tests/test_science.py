@@ -127,7 +127,7 @@ def test_a_finite_blow_up_past_a_multiple_of_the_initial_loss_is_divergence(fact
 def test_validation_is_held_out_of_training_seeded_and_disjoint():
     full = load_data(TrialConfig.from_mapping({"val_size": 0}))
     data = load_data(TrialConfig.from_mapping({}))
-    assert len(data.y_val) == math.floor(0.1 * len(full.y_train))
+    assert len(data.y_val) == math.floor(0.25 * len(full.y_train))
     assert len(data.y_train) + len(data.y_val) == len(full.y_train)
     assert torch.equal(data.y_test, full.y_test)  # the test split is untouched
     rows = lambda x: {tuple(r) for r in x.reshape(len(x), -1).tolist()}  # noqa: E731
@@ -150,6 +150,11 @@ def test_every_record_carries_validation_metrics_of_held_out_examples():
     )
     none = list(Trial(tiny_config(val_size=0)).records())
     assert all(math.isnan(r["val_acc"]) for r in none)
+
+
+def test_mnist5k_holds_at_least_1000_validation_examples_by_default():
+    data = load_data(TrialConfig.from_mapping({"dataset": "mnist5k"}))
+    assert len(data.y_val) >= 1000 and len(data.y_test) == 1000
 
 
 def test_a_val_size_that_leaves_nothing_to_train_is_refused():
