@@ -19,8 +19,16 @@ A group that cannot be fitted gets ``fit_ok = False`` and a ``reason``; no numbe
 Reasons: a missing level; fewer than three distinct N; levels that do not differ (Welch
 t-test); a fit that fails, or explains the points no better than their mean (F-test); or
 both N₅₀ and N₉₀ outside the sampled N range (the data do not bracket the transition).
-A threshold is reported only inside the sampled range: when the transition starts below one
-update (N₅₀ < the smallest N), N₅₀ is left empty and N₉₀ reported, with a note.
+Thresholds inside the data. N₅₀, N₉₀ and every bound of their intervals are reported only
+inside the sampled N range, ``[n_min, n_max]`` (the smallest and largest N of the fitted
+points). A value outside is *censored*: its column is NaN and its flag column says where it
+lies, ``< N_min`` or ``> N_max`` (flags ``n50_flag``, ``n50_lo_flag``, ``n50_hi_flag``,
+``n90_flag``, ``n90_lo_flag``, ``n90_hi_flag``; empty when the value is inside or was never
+estimated). Figures draw an arrow there, never a number. ``n50_param`` is the fitted curve's
+location parameter, kept only to redraw the curve: it is no reported threshold and may lie
+outside the data. A rejected fit (any reason above) reports no threshold at all; figures draw
+its raw means with bootstrap bands over seeds. The data are never narrowed to make a fit
+converge.
 
 Diverged trials are not points of the fit (they have no final accuracy); ``n_diverged`` and
 ``diverged_k`` count the group's, and the note says the fit was made without them.
@@ -57,6 +65,9 @@ MIN_DISTINCT_N = 3  # two free parameters need at least three distinct N to be o
 ALPHA = 0.05  # levels must differ, and the curve must beat a flat mean, at this level
 LOG_SLOPE_BOUNDS = (math.log(0.05), math.log(50.0))
 PARAMS = ("a_inf", "a_1", "n50", "slope", "n90")
+THRESHOLDS = ("n50", "n90")
+BELOW, ABOVE = "< N_min", "> N_max"  # a censored threshold or bound: where it lies
+FLAGS = tuple(f"{name}{s}_flag" for name in THRESHOLDS for s in ("", "_lo", "_hi"))
 
 
 def sigmoid_model(n: np.ndarray, a_inf: float, a_1: float, n50: float, slope: float) -> np.ndarray:
@@ -132,7 +143,7 @@ def _columns(todo: list[Group]) -> list[str]:
     keys = list(dict.fromkeys(k for g in todo for k in g.key))
     stats = [f"{p}{s}" for p in PARAMS for s in ("", "_lo", "_hi")]
     return ["group", *keys, "metric", "fit_model", "n_trials", "n_points", "n_distinct",
-            "n_min", "n_max", *stats, "n50_param", "rmse", "n_boot", "n_boot_ok", "levels_from",
+            "n_min", "n_max", *stats, *FLAGS, "n50_param", "rmse", "n_boot", "n_boot_ok", "levels_from",
             "n_diverged", "diverged_k", "fit_ok", "reason"]  # fmt: skip
 
 
@@ -157,7 +168,8 @@ def _fit_group(
     row = {"group": group.label, **group.key, "metric": metric, "fit_model": MODEL,
            "n_trials": len(t), "n_points": int(points.sum()),
            "n_distinct": len(np.unique(n[points])), "n_boot": 0, "n_boot_ok": 0,
-           "fit_ok": False, "reason": "", "levels_from": borrowed_note or "group"}  # fmt: skip
+           "fit_ok": False, "reason": "", "levels_from": borrowed_note or "group",
+           **dict.fromkeys(FLAGS, "")}  # fmt: skip
     if points.any():
         row |= {"n_min": float(n[points].min()), "n_max": float(n[points].max())}
     y = t[metric].to_numpy(float)
@@ -181,27 +193,53 @@ def _fit_group(
     n50, n90 = math.exp(log_n50), n_at_fraction(math.exp(log_n50), slope, 0.9)
     inside = {name: row["n_min"] <= v <= row["n_max"] for name, v in (("n50", n50), ("n90", n90))}
     sampled = f"[{row['n_min']:g}, {row['n_max']:g}]"
-    if not any(inside.values()):
-        return row | {"reason": f"N50 ≈ {n50:.3g} and N90 ≈ {n90:.3g} lie outside the sampled N "
-                      f"range {sampled}: the data do not bracket the transition"}  # fmt: skip
+    if not any(inside.values()):  # no threshold number: the direction is in the flags
+        flags = {f"{k}_flag": BELOW if v < row["n_min"] else ABOVE
+                 for k, v in (("n50", n50), ("n90", n90))}  # fmt: skip
+        return row | flags | {"reason": "N₅₀ and N₉₀ both lie outside the sampled N range "
+                              f"{sampled}: the data do not bracket the transition"}  # fmt: skip
     row |= {"n50": n50, "n50_param": n50, "slope": slope, "fit_ok": True, "n90": n90,
             "rmse": float(np.sqrt(np.mean(residual**2)))}  # fmt: skip
     cells = [lazy, sgd, *(points & (n == v) for v in np.unique(n[points]))]
     row |= _bootstrap(y, n, cells, estimate, n_boot, rng)
-    for name, value in (("n50", n50), ("n90", n90)):
-        if not inside[name]:  # a threshold is only reported where there are data around it
-            row |= {name: math.nan, f"{name}_lo": math.nan, f"{name}_hi": math.nan}
-            where = "below" if value < row["n_min"] else "above"
-            label = {"n50": "N₅₀", "n90": "N₉₀"}[name]
-            note = (f"{label} ≈ {value:.3g} lies {where} the sampled N range {sampled}, so it is "
-                    "not reported" + ("; the transition starts below one feature update"
-                                      if where == "below" and row["n_min"] <= 1 else ""))  # fmt: skip
-            row["reason"] = "; ".join(r for r in (row["reason"], note) if r)
+    row |= censor(row)
     single = [name for name, ys in (("K=∞", y_inf), ("K=1", y_1)) if len(ys) == 1]
     if single and row.get("n_boot_ok"):
         note = f"{' and '.join(single)} level from a single trial, so its spread is not in the CIs"
         row["reason"] = "; ".join(r for r in (row["reason"], note) if r)
     return row
+
+
+def censor(row: dict) -> dict:
+    """NaN and a flag for every threshold or CI bound outside ``[n_min, n_max]``; the reason
+    says which point estimates were censored (the bounds say so in their flags)."""
+    lo_n, hi_n = row.get("n_min", math.nan), row.get("n_max", math.nan)
+    out: dict = {flag: "" for flag in FLAGS}
+    notes = []
+    sampled = f"[{lo_n:g}, {hi_n:g}]"
+    for name in THRESHOLDS:
+        for suffix in ("", "_lo", "_hi"):
+            value = row.get(f"{name}{suffix}", math.nan)
+            if value is None or not np.isfinite(value):
+                continue
+            where = BELOW if value < lo_n else ABOVE if value > hi_n else ""
+            if not where:
+                continue
+            out[f"{name}{suffix}"] = math.nan
+            out[f"{name}{suffix}_flag"] = where
+            if not suffix:
+                label = {"n50": "N₅₀", "n90": "N₉₀"}[name]
+                side = "below" if where == BELOW else "above"
+                notes.append(f"{label} lies {side} the sampled N range {sampled}, so it is not "
+                             "reported" + ("; the transition starts below one feature update"
+                                           if side == "below" and lo_n <= 1 else ""))  # fmt: skip
+    bounds = [f for f in FLAGS if out[f] and not f.endswith(("n50_flag", "n90_flag"))]
+    if bounds:
+        notes.append("CI bounds beyond the sampled N are censored ("
+                     + ", ".join(f"{f[:-5]} {out[f]}" for f in bounds) + ")")  # fmt: skip
+    if notes:
+        out["reason"] = "; ".join(r for r in (row.get("reason", ""), *notes) if r)
+    return out
 
 
 def short_reason(reason: str, width: int = 64) -> str:

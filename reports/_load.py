@@ -12,6 +12,15 @@ file rewritten by a tool that drops Arrow field metadata, such as a pandas round
 working beside the others); a column no file describes has no role, so it is never config or
 a metric. A study none of whose files states roles (written before the layout described
 itself) is refused with that reason.
+
+Outcomes as they happened (the same rule for studies written before the trainer applied it):
+a trial whose final training loss is above its initial one (its step-0 record) did not train,
+so it is DIVERGED, never TERMINATED, whatever status its files state; ``divergence`` says why
+a trial counts as diverged ("flagged" by the trainer or its status, "non-finite loss", or
+"final train loss above initial"). ``peak_loss_ratio`` (the largest training loss over the
+records divided by the initial one; inf once a loss was non-finite) is a column of every trial:
+newer results carry it, and for older ones it is computed here from the same records, so a
+reader can find spikes that recovered (a finished trial with a ratio above 1).
 """
 
 from __future__ import annotations
@@ -42,7 +51,18 @@ from ._schema import (
 
 # Columns the reader adds to the trial table, and their roles.
 DERIVED_ROLES = {"n_rows": STATUS, "last_step": STATUS, "exclusion": STATUS, "usable": STATUS,
-                 "duplicate_of": STATUS, "acc_gap": METRIC, "loss_gap": METRIC}  # fmt: skip
+                 "duplicate_of": STATUS, "divergence": STATUS, "acc_gap": METRIC,
+                 "loss_gap": METRIC, "initial_train_loss": METRIC,
+                 "peak_loss_ratio": METRIC}  # fmt: skip
+PEAK = "peak_loss_ratio"
+ABOVE_INITIAL = "final train loss above initial"  # the outcome rule's reason (module docstring)
+OUTCOME_RULE = (
+    "a trial whose final training loss is above its initial (step-0) training loss did not "
+    "train: it counts as diverged, never as finished, whatever status its files state "
+    "(results written before the trainer applied this rule are labelled the same way on read). "
+    "`peak_loss_ratio` in the trial table is the largest training loss over the records divided "
+    "by the initial one: a finished trial with a ratio above 1 had a spike it recovered from"
+)
 
 StudyPaths = str | Path | Sequence[str | Path]
 
@@ -205,6 +225,8 @@ def _trial_table(
     states = [_status(row) for row in table.to_dict("records")]
     table["status"] = [str(s) for s, _ in states]
     table["exclusion"] = [e for _, e in states]
+    table["divergence"] = [divergence_reason(r) if e == "diverged" else ""
+                           for r, (_, e) in zip(table.to_dict("records"), states, strict=True)]  # fmt: skip
     table = with_roles(table.sort_values(keys, ignore_index=True), {**roles, **DERIVED_ROLES})
     table = _mark_duplicates(table)
     table = with_gaps(table)
@@ -225,7 +247,26 @@ def _finals(metrics: pd.DataFrame) -> pd.DataFrame:
     last["last_step"] = grouped["step"].max()
     if "diverged" in metrics.columns:
         last["diverged"] = grouped["diverged"].any()
+    if "train_loss" in metrics.columns:
+        first = metrics[metrics["step"] == 0].groupby(["study", "trial_id"])["train_loss"].first()
+        last["initial_train_loss"] = first.astype(float).reindex(last.index)
+        last[PEAK] = _peak_ratio(metrics, grouped, last)
     return last.reset_index()
+
+
+def _peak_ratio(metrics: pd.DataFrame, grouped, last: pd.DataFrame) -> pd.Series:
+    """The trainer's ``peak_loss_ratio`` where recorded, else computed from the records: the
+    largest training loss over them (inf once one was non-finite) over the step-0 one."""
+    loss = metrics["train_loss"].astype(float)
+    worst = loss.where(np.isfinite(loss) | loss.isna(), math.inf)  # NaN loss is non-finite too
+    worst = worst.where(~(metrics.get("diverged", False) & loss.isna()), math.inf)
+    peak = worst.groupby([metrics["study"], metrics["trial_id"]]).max()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        computed = peak.reindex(last.index) / last["initial_train_loss"]
+    if PEAK in metrics.columns:
+        stored = grouped[PEAK].max().astype(float)
+        return stored.where(stored.notna(), computed)
+    return computed
 
 
 def _status(row: dict) -> tuple[str, str]:
@@ -238,9 +279,7 @@ def _status(row: dict) -> tuple[str, str]:
     """
     reported = row.get("status")
     reported = str(reported).upper() if isinstance(reported, str) and reported else None
-    losses = [row.get(c) for c in ("train_loss", "test_loss")]
-    blew_up = any(isinstance(v, float | np.floating) and np.isinf(v) for v in losses)
-    if reported == Status.DIVERGED or bool(row.get("diverged") or False) or blew_up:
+    if _divergence(row):
         return Status.DIVERGED, "diverged"
     if reported == Status.ERROR:
         return Status.ERROR, "errored"
@@ -252,6 +291,8 @@ def _status(row: dict) -> tuple[str, str]:
         return reported, "in progress"
     last, total = _number(row.get("last_step")), _number(row.get("total_steps"))
     complete = math.isnan(total) or last >= total
+    if complete and reported in (None, Status.TERMINATED) and _above_initial(row):
+        return Status.DIVERGED, "diverged"  # it finished worse than it started: not trained
     if reported is None:
         return (Status.TERMINATED, "") if complete else (Status.RUNNING, "in progress")
     if reported != Status.TERMINATED:
@@ -259,6 +300,30 @@ def _status(row: dict) -> tuple[str, str]:
     if not complete:
         return reported, f"stopped early at step {last:g} of {total:g}"
     return reported, ""
+
+
+def _divergence(row: dict) -> str:
+    """Why the trainer's records or status say the trial diverged ('' when they do not)."""
+    reported = row.get("status")
+    if (isinstance(reported, str) and reported.upper() == Status.DIVERGED) or bool(
+        row.get("diverged") or False
+    ):
+        return "flagged"
+    losses = [row.get(c) for c in ("train_loss", "test_loss")]
+    if any(isinstance(v, float | np.floating) and np.isinf(v) for v in losses):
+        return "non-finite loss"
+    return ""
+
+
+def _above_initial(row: dict) -> bool:
+    """The outcome rule: the final training loss is above the step-0 one."""
+    final, initial = _number(row.get("train_loss")), _number(row.get("initial_train_loss"))
+    return bool(np.isfinite(final) and np.isfinite(initial) and final > initial)
+
+
+def divergence_reason(row: dict) -> str:
+    """Why a diverged trial counts as diverged: flagged, non-finite loss, or the outcome rule."""
+    return _divergence(row) or (ABOVE_INITIAL if _above_initial(row) else "")
 
 
 DUPLICATE = "duplicate"

@@ -37,7 +37,7 @@ from ._style import (
     save,
     set_title,
 )
-from ._tune import _select
+from ._tune import select as _select
 
 LINES_PER_PAGE = 7
 MIN_VALUES = 3  # a line needs this many distinct values of the key to be a sweep

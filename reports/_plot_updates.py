@@ -1,6 +1,6 @@
 """Figure 1: accuracy and loss against the number of feature updates N (log axis).
 
-Six panels: test accuracy (with the fitted curve and N₅₀ or N₉₀), train accuracy, test and
+Six panels: test accuracy (with the fitted curve, N₅₀ and N₉₀), train accuracy, test and
 train loss, and the generalisation gaps (train − test accuracy, test − train loss), so slower
 optimisation is not mistaken for worse generalisation. Points are the mean over seeds with a
 95% bootstrap band (from 3 seeds; fewer show the seeds only); faint dots are single seeds.
@@ -8,6 +8,11 @@ K=∞ (N=0) cannot sit on a log axis, so it is a dashed level with its band; K=1
 the rightmost point and a dotted level. Plain-trainer baselines on the same problem are
 dash-dotted levels. Diverged trials are crosses at the floor of each panel, counted in the
 legend (K=∞ ones at the left edge).
+
+Thresholds inside the data (see ``_fit``): N₅₀ (◇) and N₉₀ (□) are drawn with their CIs only
+inside the sampled N; a threshold or bound beyond it is an arrow at the edge of the data,
+never a number. A group whose fit was rejected shows its raw means joined by a line, with
+bootstrap bands over seeds, and no threshold; the legend says why.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from ._fit import fit_feature_updates, short_reason, sigmoid_model
+from ._fit import ABOVE, BELOW, FLAGS, fit_feature_updates, short_reason, sigmoid_model
 from ._groups import (
     LINEARISED,
     Group,
@@ -263,18 +268,46 @@ def _level(ax, values: pd.Series, c: str, style: dict, bounds: tuple[float, floa
         ax.axhspan(lo, hi, color=c, alpha=0.08, linewidth=0)
 
 
+THRESHOLD_GID = "threshold"  # every artist that shows a threshold: a test counts them
+
+
 def _draw_fit(ax, fit: pd.Series, t: pd.DataFrame, c: str) -> None:
-    """The fitted curve, and N₅₀ (or N₉₀ when N₅₀ lies outside the data) with its CI."""
+    """The fitted curve, N₅₀ (◇) and N₉₀ (□) with their CIs inside the sampled N, and an arrow
+    at the edge of the data for each threshold or bound that lies beyond it (censored)."""
     n_max = max(float(t["total_steps"].max()), float(fit["n_max"]))
     xs = np.geomspace(fit["n_min"] / 1.5, n_max * 1.5, 200)
     ax.plot(xs, sigmoid_model(xs, fit["a_inf"], fit["a_1"], fit["n50_param"], fit["slope"]),
             color=c, linewidth=1.1)  # fmt: skip
-    name, q = ("n50", 0.5) if np.isfinite(fit["n50"]) else ("n90", 0.9)
-    level = fit["a_inf"] + q * (fit["a_1"] - fit["a_inf"])
-    lo, hi = fit.get(f"{name}_lo", math.nan), fit.get(f"{name}_hi", math.nan)
-    xerr = [[fit[name] - lo], [hi - fit[name]]] if np.isfinite([lo, hi]).all() else None
-    ax.errorbar([fit[name]], [level], xerr=xerr, fmt="D" if name == "n50" else "s", ms=4.5,
-                mfc="white", mec=c, ecolor=c, capsize=2.5, zorder=5)  # fmt: skip
+    edges = {BELOW: float(fit["n_min"]), ABOVE: float(fit["n_max"])}
+    for name, q, marker in (("n50", 0.5, "D"), ("n90", 0.9, "s")):
+        level = fit["a_inf"] + q * (fit["a_1"] - fit["a_inf"])
+        flag = str(fit.get(f"{name}_flag", "") or "")
+        if flag in edges:  # the threshold itself lies beyond the data: an arrow, no number
+            _arrow(ax, edges[flag], level, flag, c)
+            continue
+        value = fit.get(name, math.nan)
+        if not np.isfinite(value):
+            continue
+        lo, hi = fit.get(f"{name}_lo", math.nan), fit.get(f"{name}_hi", math.nan)
+        err = [[value - lo if np.isfinite(lo) else 0.0], [hi - value if np.isfinite(hi) else 0.0]]
+        drawn = ax.errorbar([value], [level], xerr=err, fmt=marker, ms=4.5, mfc="white", mec=c,
+                            ecolor=c, capsize=2.5, zorder=5)  # fmt: skip
+        for artist in drawn.get_children():
+            artist.set_gid(THRESHOLD_GID)
+        for side in ("_lo", "_hi"):  # a bound beyond the data: the bar runs to its edge, arrowed
+            bound_flag = str(fit.get(f"{name}{side}_flag", "") or "")
+            if bound_flag in edges:
+                ax.plot([value, edges[bound_flag]], [level, level], color=c, linewidth=1.0,
+                        gid=THRESHOLD_GID)  # fmt: skip
+                _arrow(ax, edges[bound_flag], level, bound_flag, c)
+
+
+def _arrow(ax, x: float, y: float, flag: str, c: str) -> None:
+    """An arrow at the data edge `x`, pointing out of the sampled N (left for < N_min)."""
+    factor = 1 / 1.6 if flag == BELOW else 1.6  # a fixed length on the log axis
+    ax.annotate("", xy=(x * factor, y), xytext=(x, y), gid=THRESHOLD_GID, zorder=5,
+                arrowprops={"arrowstyle": "-|>", "color": c, "linewidth": 1.0,
+                            "mutation_scale": 8})  # fmt: skip
 
 
 def _plain_styles(plain: list[list[tuple[str, pd.DataFrame]]]) -> dict[str, tuple]:
@@ -340,16 +373,30 @@ def _fit_metric(fit: pd.Series | None) -> str | None:
 
 
 def _threshold(fit: pd.Series, name: str) -> str:
-    """'N₅₀ = 3.2 [2.1, 4.8]', or 'N₅₀ < 1' when it lies below the data."""
+    """'N₅₀ = 3.2 [2.1, >30]', or 'N₅₀ < 1' when it lies below the data (censored)."""
     label = {"n50": "N₅₀", "n90": "N₉₀"}[name]
+    flag = str(fit.get(f"{name}_flag", "") or "")
+    if flag == BELOW:
+        return f"{label} < {fit['n_min']:g}"
+    if flag == ABOVE:
+        return f"{label} > {fit['n_max']:g}"
     value = fit[name]
     if not np.isfinite(value):
-        param = fit.get("n50_param", math.nan)
-        below = name == "n50" and np.isfinite(param) and param < fit["n_min"]
-        return f"{label} < {fit['n_min']:g}" if below else f"{label} > {fit['n_max']:g}"
-    lo, hi = fit.get(f"{name}_lo", math.nan), fit.get(f"{name}_hi", math.nan)
-    ci = f" [{lo:.3g}, {hi:.3g}]" if np.isfinite([lo, hi]).all() else ""
+        return f"{label}: –"
+    bounds = [_bound(fit, name, side) for side in ("_lo", "_hi")]
+    ci = f" [{bounds[0]}, {bounds[1]}]" if all(bounds) else ""
     return f"{label} = {value:.3g}{ci}"
+
+
+def _bound(fit: pd.Series, name: str, side: str) -> str:
+    """A CI bound as text: its value, or '<1' / '>30' when censored at the data's edge."""
+    flag = str(fit.get(f"{name}{side}_flag", "") or "")
+    if flag == BELOW:
+        return f"<{fit['n_min']:g}"
+    if flag == ABOVE:
+        return f">{fit['n_max']:g}"
+    value = fit.get(f"{name}{side}", math.nan)
+    return f"{value:.3g}" if np.isfinite(value) else ""
 
 
 def _legend(group: Group, fit: pd.Series | None, fits: pd.DataFrame, n_lost: int = 0) -> str:
@@ -358,7 +405,7 @@ def _legend(group: Group, fit: pd.Series | None, fits: pd.DataFrame, n_lost: int
         failed = _fit_rows(fits, group)
         reason = str(failed["reason"].iloc[0]) if len(failed) else ""
         short = short_reason(reason) if reason else "see summary.md"
-        return f"{group.label}: no fit ({short}){lost}"
+        return f"{group.label}: no fit ({short}); raw means, no threshold{lost}"
     if n_lost:
         lost = f"; fitted without {n_lost} diverged"
     return f"{group.label}: {_threshold(fit, 'n50')}, {_threshold(fit, 'n90')}{lost}"
@@ -369,15 +416,17 @@ def _style_handles(
 ) -> list:
     grey = "0.3"
     fitted = [f for f in (_fit_row(fits, g) for g in chunk) if f is not None]
-    marker = "◇ = N₅₀" if any(np.isfinite(f["n50"]) for f in fitted) or not fitted else "□ = N₉₀"
     handles = [
         Line2D([], [], color=grey, marker="o", ms=3.5, linestyle="none", label="mean over seeds"),
         plt.Rectangle((0, 0), 1, 1, color=grey, alpha=0.25,
                       label="95% bootstrap CI of the mean (≥ 3 seeds)"),
-        Line2D([], [], color=grey, linewidth=1.1, label=f"fit ({marker} ± 95% CI)"),
+        Line2D([], [], color=grey, linewidth=1.1, label="fit (◇ N₅₀, □ N₉₀ ± 95% CI)"),
         Line2D([], [], color=grey, label="K=∞ level (N=0)", **LAZY_STYLE),
         Line2D([], [], color=grey, label="K=1 level (N=T−1)", **SGD_STYLE),
     ]  # fmt: skip
+    if any(str(f.get(flag, "") or "") for f in fitted for flag in FLAGS):
+        handles.append(Line2D([], [], color=grey, marker=r"$\rightarrow$", ms=9,
+                              linestyle="none", label="beyond the sampled N (censored)"))  # fmt: skip
     for label, style in plain_styles.items():
         handles.append(Line2D([], [], color=grey, linewidth=0.9, label=label, linestyle=style))
     handles.append(floor_handle(f"diverged trial ({n_lost}), at the panel floor"))
