@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from trainables.catalog import DatasetMissingError
 from trainables.config import TrialConfig, parse_override
-from trainables.keys import MEASURE_KEYS, RECORD_KEYS
+from trainables.keys import MEASURE_KEYS, RECORD_KEYS, STABILITY_KEYS
 
 if TYPE_CHECKING:
     from trainables.data import Data, batch_indices, load_data
     from trainables.loop import Trial, run
+    from trainables.stability import lin_gap, lr_sharpness, sharpness
 
 _LAZY = {
     "Data": "trainables.data",
@@ -24,6 +25,9 @@ _LAZY = {
     "load_data": "trainables.data",
     "Trial": "trainables.loop",
     "run": "trainables.loop",
+    "sharpness": "trainables.stability",
+    "lr_sharpness": "trainables.stability",
+    "lin_gap": "trainables.stability",
 }
 
 
@@ -36,12 +40,16 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "MEASURE_KEYS",
     "RECORD_KEYS",
+    "STABILITY_KEYS",
     "Data",
     "DatasetMissingError",
     "Trial",
     "TrialConfig",
     "batch_indices",
+    "lin_gap",
     "load_data",
+    "lr_sharpness",
     "parse_override",
     "run",
+    "sharpness",
 ]

@@ -19,8 +19,12 @@ from trainables.jacobian import Params
 from trainables.measures import KernelCache
 from trainables.optim import Optimizer
 from trainables.schedule import Phase
+from trainables.stability import StabilityState
 
-STATE_VERSION = 2  # 2: initial_train_loss (divergence as a multiple of it)
+# 2: initial_train_loss (divergence as a multiple of it); 3: peak_train_loss and stability.
+# A version-2 state still loads: the fields it lacks get defaults (TrialState.from_dict).
+STATE_VERSION = 3
+READABLE_STATE_VERSIONS = (2, 3)
 
 
 @dataclass
@@ -51,6 +55,7 @@ class TrialState:
     bad: torch.Tensor  # a non-finite batch loss so far (kept on the device, like Tally.loss)
     phase: Phase = dataclasses.field(default_factory=Phase)
     kernels: KernelCache = dataclasses.field(default_factory=KernelCache)
+    stability: StabilityState = dataclasses.field(default_factory=StabilityState)
     step: int = 0
     feature_updates: int = 0  # moves of θ_s so far
     at_lin_point: bool = True  # θ == θ_s exactly, so the tangent pass can be skipped
@@ -60,6 +65,7 @@ class TrialState:
     elapsed_s: float = 0.0  # training seconds before this process's run
     lin_point_change: float = 0.0  # ‖θ_s − θ_s,prev‖ / ‖θ_s,prev‖ at the latest move
     initial_train_loss: float = math.nan  # the step-0 record's: divergence is a multiple of it
+    peak_train_loss: float = math.nan  # the largest record train_loss so far (inf: non-finite)
 
     @classmethod
     def start(cls, theta: Params, optimizer: Optimizer, device: torch.device) -> TrialState:
@@ -93,6 +99,7 @@ class TrialState:
                 "prev_step": kernels.prev_step,
                 "cache": kernels.cache,
             },
+            "stability": self.stability.to_dict(),
         }
 
     @classmethod
@@ -104,7 +111,9 @@ class TrialState:
         device: torch.device,
     ) -> TrialState:
         """The state `to_dict` saved, with θ copied into `theta` (the model's parameters) and
-        every tensor copied onto `device`: the caller's `saved` stays as it was."""
+        every tensor copied onto `device`: the caller's `saved` stays as it was. A version-2
+        state has no stability measures (fresh ones) and no peak loss: its initial loss, the
+        one record loss it kept, stands in."""
         with torch.no_grad():
             for name, p in theta.items():
                 p.copy_(saved["theta"][name])
@@ -120,8 +129,10 @@ class TrialState:
         cache = kernels["cache"]
         if cache is not None:
             cache = (cache[0], _to(cache[1], device))
+        plain = {name: saved[name] for name in _plain_fields() if name not in _ADDED_IN_3}
+        plain |= {"peak_train_loss": saved.get("peak_train_loss", saved["initial_train_loss"])}
         return cls(
-            **{name: saved[name] for name in _plain_fields()},
+            **plain,
             theta=theta,
             theta_s={n: t.to(device, copy=True) for n, t in saved["theta_s"].items()},
             theta_0={n: t.to(device, copy=True) for n, t in saved["theta_0"].items()},
@@ -136,14 +147,18 @@ class TrialState:
                 kernels["prev_step"],
                 cache,
             ),
+            stability=StabilityState.from_dict(saved.get("stability")),
         )
 
 
 def _plain_fields() -> list[str]:
     """The fields saved as they are: all but the tensors and objects with a layout of their own."""
     own_layout = {"theta", "theta_s", "theta_0", "optimizer", "solver_memory", "since_record",
-                  "bad", "phase", "kernels"}  # fmt: skip
+                  "bad", "phase", "kernels", "stability"}  # fmt: skip
     return [f.name for f in dataclasses.fields(TrialState) if f.name not in own_layout]
+
+
+_ADDED_IN_3 = {"peak_train_loss"}  # plain fields a version-2 state lacks (given defaults)
 
 
 def fresh_tally(device: torch.device, loss: float = 0.0) -> Tally:
