@@ -49,7 +49,9 @@ class Space:
     fixed: Mapping[str, Any] = field(default_factory=dict)  # held constant
     grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # cross product
     distributions: Mapping[str, Distribution] = field(default_factory=dict)  # sampled
-    metric: str = "test_acc"  # what "best" means in progress lines and searchers
+    # what "best" means in progress lines and searchers: a validation metric, because ranking
+    # on the test set is selection on test (PAPER.md, "What makes a comparison fair")
+    metric: str = "val_acc"
     mode: str = "max"
     searcher: str = "grid"  # default searcher: grid | random | optuna | adaptive
     num_samples: int = 1  # grid: repeats with fresh seeds; random/optuna/adaptive: trials

@@ -15,7 +15,7 @@ from tests.oracles import (
     tiny_config,
 )
 from trainables import Trial
-from trainables.gauss_newton import conjugate_gradient, gauss_newton_direction
+from trainables.gauss_newton import conjugate_gradient, gauss_newton_direction, gn_step_size
 from trainables.gn_cost import (
     _count_flops_by_layer,
     _count_flops_traced,
@@ -272,3 +272,47 @@ def test_solver_cost_flops_of_an_unknown_module_are_traced():
     x = torch.randn(3, 6)
     assert _count_flops_by_layer(net, params, x[:1]) is None
     assert _flops_per_example(net, params, x) == (2.0 * 6 * 5 + 2.0 * 5 * 5, 0.0)
+
+
+@pytest.mark.parametrize("damping_mode", ["absolute", "relative"])
+def test_damped_lr_units_step_by_lr_times_one_plus_lambda(damping_mode):
+    """lr_units=damped: θ ← θ − lr·(1 + λ)(G + λI)⁻¹∇L with λ the step's absolute damping (for
+    relative damping, λ = damping·tr(G)/P of the step's batch), against a dense float64 solve."""
+    lr, damping = 0.3, 0.7
+    cfg = tiny_config(
+        trainer="gauss_newton", lr=lr, damping=damping, damping_mode=damping_mode,
+        lr_units="damped", solver="exact", total_steps=2, eval_every=1, probe_size=0,
+    )  # fmt: skip
+    trial = Trial(cfg)
+    gen = trial.records()
+    next(gen)
+    from trainables import batch_indices
+
+    for step in range(2):
+        theta = flat_params(trial.model)
+        idx = batch_indices(0, len(trial.data.y_train), 16, step)
+        x, y = trial.data.x_train[idx], trial.data.y_train[idx]
+        J = dense_jacobian(trial.model, theta, x)
+        out = functional_call(trial.model, dict(trial.model.named_parameters()), (x,)).detach()
+        G = J.T @ dense_output_hessian("cross_entropy", out) @ J
+        grad = dense_loss_grad(trial.model, theta, x, y, "cross_entropy")
+        lam = damping * (G.diagonal().mean().item() if damping_mode == "relative" else 1.0)
+        eye = torch.eye(len(theta), dtype=G.dtype)
+        expected = theta - lr * (1 + lam) * torch.linalg.solve(G + lam * eye, grad)
+        next(gen)
+        torch.testing.assert_close(flat_params(trial.model), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_damped_lr_units_reach_the_gn_step_and_the_sgd_step_at_the_two_ends():
+    """The reason for the unit: as λ → 0 the damped step is lr·G⁺∇L (λ = 0 exactly: the
+    pseudo-inverse), as λ → ∞ it is lr·∇L, the SGD step of the same lr."""
+    trial, x, y, G, grad = _problem("mse")
+    params = dict(trial.model.named_parameters())
+    lr = 0.2
+    for lam, expected in ((0.0, torch.linalg.pinv(G, hermitian=True) @ grad), (1e9, grad)):
+        d, _, info = gauss_newton_direction(trial.model, params, x, y, "mse", lam, solver="exact")
+        step = gn_step_size(lr, info.damping, "damped") * flatten(d)
+        torch.testing.assert_close(step, lr * expected, rtol=1e-6, atol=1e-9)
+    assert gn_step_size(lr, 5.0, "absolute") == lr
+    with pytest.raises(ValueError, match="lr_units"):
+        gn_step_size(lr, 5.0, "bogus")

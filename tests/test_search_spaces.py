@@ -220,11 +220,23 @@ def _one_thread() -> object:
     torch.set_num_threads(threads)
 
 
-def test_no_searcher_selects_on_the_test_set() -> None:
-    """A searcher optimises its space's metric: on test accuracy that is selection on test."""
-    for space in search_spaces.all_spaces():
-        if space.searcher != "grid":
-            assert not space.metric.startswith("test_"), space.name
+@pytest.mark.parametrize("name", SHIPPED)
+def test_no_space_ranks_on_the_test_set(name: str, data_dir: str) -> None:
+    """Every space ranks (searcher, progress line, best trial) on a validation metric: on a test
+    metric, whichever grid point is reported best was selected on test. Its smoke version and
+    the plan a study builds from either rank the same way."""
+    space = search_spaces.get(name)
+    for smoke in (False, True):
+        ranked = space.smoke_version() if smoke else space
+        plan = build_plan(_spec(space, smoke=smoke, data_dir=data_dir))
+        for metric in (ranked.metric, plan.metric):
+            assert metric.startswith("val_"), (name, smoke, metric)
+
+
+def test_a_space_that_names_no_metric_ranks_on_validation() -> None:
+    from search_spaces.from_file import DEFAULT_METRIC
+
+    assert Space(name="x", description="").metric == DEFAULT_METRIC == "val_acc"
 
 
 def test_grid_and_random_generators_get_the_concurrency_limit_themselves() -> None:

@@ -17,6 +17,7 @@ SCHEDULES = ("uniform", "geometric", "one_shot")
 OPTIMIZERS = ("sgd", "adam")
 SOLVERS = ("auto", "exact", "cg")
 DAMPING_MODES = ("absolute", "relative")
+LR_UNITS = ("absolute", "damped")
 DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "npz", "synthetic")
 IMAGE_DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10")  # npz: when 4-D
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -72,6 +73,12 @@ class TrialConfig:
     # ---- damped Gauss-Newton -------------------------------------------------------------
     damping: float = 1e-3  # λ ≥ 0: absolute, or in units of mean diag(G) when damping_mode=relative
     damping_mode: str = field(default="absolute", metadata=_choice(*DAMPING_MODES))
+    # the unit of lr for gauss_newton. absolute: η = lr. damped: η = lr·(1 + λ), λ the step's
+    # absolute damping (in the loss's curvature units, those of G's eigenvalues). A GN step
+    # with λ ≫ ‖G‖ is SGD of size η/λ, so one absolute η grid cannot serve every λ; in damped
+    # units lr is the full GN step size as λ → 0 and the SGD learning rate as λ → ∞, and one
+    # lr grid brackets every λ (damping_sweep, paper_fig9).
+    lr_units: str = field(default="absolute", metadata=_choice(*LR_UNITS))
     # exact: kernel-form n·c × n·c solve; cg: matrix-free conjugate gradient; auto: exact when it fits
     solver: str = field(default="auto", metadata=_choice(*SOLVERS))
     cg_tol: float = 1e-6  # CG stops when ‖residual‖ ≤ cg_tol · ‖∇L‖
@@ -172,8 +179,8 @@ class TrialConfig:
         if not self.solve_to_convergence:
             ignored |= _defaults(d, *_CONVERGENCE_KEYS)
         if self.trainer != "gauss_newton":
-            ignored |= _defaults(d, "damping", "damping_mode", "solver", "cg_tol", "cg_max_iter",
-                                 "exact_max_dim")  # fmt: skip
+            ignored |= _defaults(d, "damping", "damping_mode", "lr_units", "solver", "cg_tol",
+                                 "cg_max_iter", "exact_max_dim")  # fmt: skip
         if self.model == "cnn":
             ignored |= _defaults(d, "width", "depth")
         else:

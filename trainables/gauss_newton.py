@@ -115,6 +115,19 @@ def gauss_newton_direction(
     return unflatten(d_P, params), value, info
 
 
+def gn_step_size(lr: float, damping: float, lr_units: str = "absolute") -> float:
+    """η in θ ← θ − η(G + λI)⁻¹∇L for the absolute λ of the step (SolveInfo.damping).
+
+    absolute: η = lr. damped: η = lr·(1 + λ), so that the step tends to the full GN step lr·G⁺∇L
+    as λ → 0 and to the SGD step lr·∇L as λ → ∞: the same lr is comparable at every λ.
+    """
+    if lr_units == "absolute":
+        return lr
+    if lr_units == "damped":
+        return lr * (1.0 + damping)
+    raise ValueError(f"lr_units={lr_units}: must be absolute or damped")
+
+
 def _faster_solver(
     system: tuple, cg_tol: float, cg_max_iter: int, max_dim: int, memory: SolverMemory | None
 ) -> tuple[str, _CGStart | None]:

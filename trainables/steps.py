@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from trainables.config import TrialConfig
-from trainables.gauss_newton import gauss_newton_direction
+from trainables.gauss_newton import gauss_newton_direction, gn_step_size
 from trainables.jacobian import Params
 from trainables.linearise import linearised_grad, linearised_predict, loss_fn
 from trainables.measures import relative_change
@@ -57,7 +57,8 @@ class PlainStep(_NetworkStep):
 
 
 class GaussNewtonStep(_NetworkStep):
-    """θ ← θ − lr·d with the damped Gauss-Newton direction d = (G + λI)⁻¹∇L on the batch."""
+    """θ ← θ − η·d with the damped Gauss-Newton direction d = (G + λI)⁻¹∇L on the batch; η is
+    lr, or lr·(1 + λ) in damped units (`gn_step_size`)."""
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cfg, theta = self.cfg, self.state.theta
@@ -67,9 +68,10 @@ class GaussNewtonStep(_NetworkStep):
             cg_tol=cfg.cg_tol, cg_max_iter=cfg.cg_max_iter, exact_max_dim=cfg.exact_max_dim,
             memory=self.state.solver_memory,
         )  # fmt: skip
+        eta = gn_step_size(cfg.lr, info.damping, cfg.lr_units)
         with torch.no_grad():
             for name, p in theta.items():
-                p.sub_(cfg.lr * direction[name])
+                p.sub_(eta * direction[name])
         self.cg_iters = info.cg_iters
         return loss
 
