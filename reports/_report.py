@@ -32,12 +32,16 @@ class ReportResult:
     selected_csv: Path | None = None
     fits: pd.DataFrame = field(default_factory=pd.DataFrame)
     selected: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tables: dict[str, Path] = field(default_factory=dict)  # stability.csv, arms.csv, …
+    stability: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (K, lr) cell
+    stability_trials: pd.DataFrame = field(default_factory=pd.DataFrame)  # per trial, classified
+    arms: pd.DataFrame = field(default_factory=pd.DataFrame)  # Fig. 8: per trial of each arm
 
     @property
     def files(self) -> list[Path]:
         """Every file written."""
         paths = [p for ps in self.figures.values() for p in ps]
-        extra = (self.fits_csv, self.selected_csv, self.summary)
+        extra = (self.fits_csv, self.selected_csv, *self.tables.values(), self.summary)
         return [*paths, *(p for p in extra if p is not None)]
 
 
@@ -80,15 +84,21 @@ def write_report(
     _check_usable(data)
     out_dir = Path(out) if out is not None else default_out(dirs)
     _check_out(out_dir)
+    from ._stability import read_phases
+
+    phases = read_phases(data.dirs, data.trials)  # a corrupt phases file rejects the input too
     # fitting and plotting need scipy and matplotlib: import them once the input is known good
     from ._fit import fit_feature_updates
     from ._plot_adaptive import plot_adaptive
+    from ._plot_arms import arms_table, plot_arms
     from ._plot_curves import plot_training_curves
     from ._plot_matched import plot_matched_train_loss
     from ._plot_measure import MEASURE, measure_correlations, plot_measure
     from ._plot_phase import plot_phase_diagram
+    from ._plot_stability import plot_stability, plot_stability_map
     from ._plot_sweep import plot_damping, plot_lr
     from ._plot_updates import plot_feature_updates
+    from ._stability import stability_table, trial_stability
     from ._summary import render_summary
     from ._tune import tune_on_validation
 
@@ -102,7 +112,10 @@ def write_report(
         fits = pd.concat([fits, tuned_fits], ignore_index=True)
     fixed_fits, tuned_fits = fits[fits["view"] == "fixed"], fits[fits["view"] == "tuned"]
     selected = tuning.selected if tuned is not None else pd.DataFrame()
-    result = ReportResult(out=out_dir, fits=fits, selected=selected)
+    per_trial = trial_stability(data.metrics, data.trials, phases)
+    arms = arms_table(data.trials)
+    result = ReportResult(out=out_dir, fits=fits, selected=selected, arms=arms,
+                          stability=stability_table(per_trial), stability_trials=per_trial)  # fmt: skip
     say(f"drawing figures into {out_dir}…")
     out_dir.mkdir(parents=True, exist_ok=True)
     tuned_note = f"{', '.join(tune)} selected per K on validation"
@@ -122,6 +135,11 @@ def write_report(
         "damping": lambda p: plot_damping(data.trials, p, formats),
         "proxy_vs_measure": lambda p: plot_measure(data.trials, p, formats),
         "adaptive_placement": lambda p: plot_adaptive(data.trials, p, formats),
+        "stability": lambda p: plot_stability(
+            data.metrics, data.trials, phases, p, formats, tuning
+        ),
+        "stability_map": lambda p: plot_stability_map(result.stability, p, formats),
+        "arms": lambda p: plot_arms(arms, p, formats, data.trials),
     }
     for name, draw in figures.items():
         try:
@@ -136,10 +154,68 @@ def write_report(
         result.selected_csv = _write_text(selected_file, selected.to_csv(index=False))
     elif selected_file.is_file():  # an earlier report's selection would pass for this one's
         selected_file.unlink()
+    stability_drawn = bool(result.figures.get("stability") or result.figures.get("stability_map"))
+    csvs = {"stability.csv": result.stability if stability_drawn else None,
+            "stability_trials.csv": _trial_csv(per_trial) if stability_drawn else None,
+            "arms.csv": arms if result.figures.get("arms") else None}  # fmt: skip
+    for name, frame in csvs.items():
+        if frame is not None:
+            result.tables[name] = _write_text(out_dir / name, frame.to_csv(index=False))
+        elif (out_dir / name).is_file():  # an earlier report's table would pass for this one's
+            (out_dir / name).unlink()
     summary = render_summary(data.trials, fits, correlations, result.figures, result.skipped,
                              out_dir, data.dirs, tuning, match_train_loss)  # fmt: skip
+    summary += stability_section(result, out_dir)
     result.summary = _write_text(out_dir / "summary.md", summary)
     return result
+
+
+def _trial_csv(per_trial: pd.DataFrame) -> pd.DataFrame:
+    """The per-trial stability table without its internal key columns."""
+    return per_trial[[c for c in per_trial.columns if not str(c).startswith("__")]]
+
+
+# Issue 21's figures, listed in their own section of summary.md (the figures section lists the
+# figures it knows by name).
+EXTRA_TITLES = {
+    "stability": "Stability: lr·λ_max against the edge 2, and the loss jump at feature updates",
+    "stability_map": "Stability map: seeds trained and mean validation accuracy over K × lr",
+    "arms": "Fig. 8: IL solved to convergence against K=∞ and K=1, train beside test accuracy",
+}
+
+
+def stability_section(result: ReportResult, out_dir: Path) -> str:
+    """The summary's block for the stability figures, their tables, the divergence classes,
+    and the Fig. 8 arms (markdown, starting with a blank line)."""
+    from ._stability import summary_lines
+
+    lines = ["", "## Stability and the Fig. 8 arms\n"]
+    for name, title in EXTRA_TITLES.items():
+        paths = result.figures.get(name, [])
+        if paths:
+            links = ", ".join(f"[{p.name}]({_rel(p, out_dir)})" for p in paths)
+            lines.append(f"### {title}\n\nFiles: {links}\n")
+            lines += [f"![{title}]({_rel(p, out_dir)})\n" for p in paths
+                      if p.suffix in (".png", ".svg")][:1]  # fmt: skip
+        elif name in result.skipped:
+            lines.append(f"### {title}\n\nNot drawn: {result.skipped[name]}.\n")
+    if "stability.csv" in result.tables:
+        lines.append("### Divergence against the edge lr·λ = 2\n")
+        lines.append("Per (K, lr) cell in `stability.csv` (seeds, trained, diverged, largest "
+                     "lr·λ, divergence steps, largest |lin_gap|, class counts); per trial in "
+                     "`stability_trials.csv`.\n")  # fmt: skip
+        lines += summary_lines(result.stability_trials)
+    if "arms.csv" in result.tables:
+        lines.append("Fig. 8 arms: one row per trial in `arms.csv`, with the feature updates N "
+                     "each trial made.\n")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _rel(path: Path, out: Path) -> str:
+    try:
+        return path.relative_to(out).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def _tuned_figure(tuned: pd.DataFrame | None, draw: Callable[[], list[Path]]) -> list[Path]:
