@@ -149,13 +149,20 @@ def groups(
     trainer: str,
     drop: Iterable[str] = SWEEP_KEYS,
     running: bool = False,
+    include: Iterable[str] = (),
 ) -> list[Group]:
     """Usable trials of `trainer` (and running ones if `running`), grouped by all keys but `drop`.
 
-    Keys a searcher sampled (``sampled_keys``) never split groups: that would leave one
-    trial per group.
+    `include` names further exclusions whose trials join their groups (e.g. "diverged"), so
+    that a figure counts every outcome, even where no trial of a group finished. Keys a
+    searcher sampled (``sampled_keys``) never split groups: that would leave one trial per
+    group.
     """
     subset = drawable(trials) if running else usable(trials)
+    extra = set(include)
+    if extra and "exclusion" in trials:
+        subset = pd.concat([subset, trials[trials["exclusion"].isin(extra)]])
+        subset.attrs = dict(trials.attrs)  # the roles say which columns are config
     subset = subset[subset["trainer"] == trainer] if "trainer" in subset else subset.iloc[:0]
     if subset.empty:
         return []

@@ -7,6 +7,13 @@ bootstrap band from 3 seeds. Diverged trials are crosses at the floor of every p
 value of the key, counted in the legend. On the learning-rate figure a ring marks, on each
 line, the value that validation accuracy selects (see ``_tune``); test accuracy selects nothing.
 A value ≤ 0 (λ = 0) cannot sit on a log axis: it is a dashed level in the line's colour.
+
+The damping figure also draws Gauss-Newton's tuned view (``_tune.gauss_newton_by_damping``):
+at each λ the step η picked on validation, in black, on every panel, so train accuracy sits
+beside test accuracy; a λ whose tuned train accuracy is more than ``UNDERTRAINED_GAP`` below
+the best λ's is ringed ▽ (under-trained: its test accuracy is an optimisation effect), and a λ
+where every η diverged is a dotted red vertical line. A jump in test accuracy is a
+generalisation effect only between λ that are neither.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from ._groups import GAUSS_NEWTON, LINEARISED, PLAIN, Group, diverged_like, groups
+from ._groups import GAUSS_NEWTON, LINEARISED, PLAIN, Group, diverged_like, groups, usable
 from ._schema import format_value
 from ._stats import mean_band, metric_range, summarise
 from ._style import (
@@ -37,6 +44,7 @@ from ._style import (
     save,
     set_title,
 )
+from ._tune import UNDERTRAINED_GAP, gauss_newton_tuned
 from ._tune import select as _select
 
 LINES_PER_PAGE = 7
@@ -53,9 +61,10 @@ def sweep_lines(trials: pd.DataFrame, key: str, trainers: Sequence[str]) -> list
     """Groups of `trainers` over every key but `key` and the seed with ≥ MIN_VALUES values."""
     lines = []
     for trainer in trainers:
-        for g in groups(trials, trainer, drop=("seed", key)):
-            lost = diverged_like(trials, g, ("seed", key))
-            values = pd.concat([g.trials[key], lost[key]])
+        # diverged trials join their line, so a line on which every trial diverged is counted
+        for g in groups(trials, trainer, drop=("seed", key), include=("diverged",)):
+            values = g.trials[key]
+            g = Group(g.key, g.label, usable(g.trials))
             if pd.to_numeric(values, errors="coerce").nunique() >= MIN_VALUES:
                 label = g.label if g.label != "all trials" else ""
                 k = g.key.get("k", math.nan)
@@ -82,14 +91,45 @@ def plot_lr(trials: pd.DataFrame, out: str | Path, formats: Sequence[str] = ("pn
 def plot_damping(
     trials: pd.DataFrame, out: str | Path, formats: Sequence[str] = ("png",)
 ) -> list[Path]:
-    """Gauss-Newton against the damping λ: one line per learning rate (and other config)."""
+    """Gauss-Newton against the damping λ: one line per learning rate (and other config), and
+    the tuned view, η picked per λ on validation, with its under-trained and diverged λ."""
     lines = sweep_lines(trials, "damping", (GAUSS_NEWTON,))
     if not lines or not any((g.trials["damping"] > 0).any() for g in lines):
         raise NothingToPlot("gauss_newton trials do not sweep the damping λ over positive values")
-    return _plot(trials, lines, "damping", out, formats, "Damped Gauss-Newton against λ")
+    table, picks = gauss_newton_tuned(trials)
+    tuned = (table, picks) if len(table) else None
+    return _plot(trials, lines, "damping", out, formats, "Damped Gauss-Newton against λ",
+                 tuned=tuned)  # fmt: skip
 
 
-def _plot(trials, lines, key, out, formats, title, selected=False) -> list[Path]:
+TUNED_COLOUR = "black"
+UNDER_COLOUR = "#CC79A7"  # not a line colour of the first lines (blue, vermilion)
+DIVERGED_LAMBDA = "#C00000"
+
+
+def _draw_tuned(axes, table: pd.DataFrame, picks: pd.DataFrame) -> tuple[int, int]:
+    """η tuned per λ on every panel (train accuracy beside test), under-trained λ ringed with
+    ▽, λ where every η diverged as a dotted vertical line. Returns (under-trained, diverged)."""
+    done = picks[picks["exclusion"] == ""] if "exclusion" in picks else picks
+    positive = done[pd.to_numeric(done["damping"], errors="coerce") > 0]
+    under = table[(table["outcome"] == "under-trained") & (table["damping"] > 0)]
+    lost = table[(table["outcome"] == "diverged") & (table["damping"] > 0)]
+    for (metric, _), ax in zip(PANELS, axes.flat, strict=True):
+        if metric not in positive.columns:
+            continue
+        s = summarise(positive, "damping", metric)
+        ax.plot(s["key"], s["mean"], marker="o", color=TUNED_COLOUR, ms=4, linewidth=1.8,
+                zorder=5)  # fmt: skip
+        ax.fill_between(s["key"], s["lo"], s["hi"], color=TUNED_COLOUR, alpha=0.12, linewidth=0)
+        at = s.set_index("key")["mean"].reindex(under["damping"].astype(float)).dropna()
+        ax.scatter(at.index, at.to_numpy(), marker="v", s=90, facecolors="none",
+                   edgecolors=UNDER_COLOUR, linewidths=1.3, zorder=7)  # fmt: skip
+        for lam in lost["damping"].astype(float):
+            ax.axvline(lam, color=DIVERGED_LAMBDA, linestyle=(0, (1, 2)), linewidth=1.1)
+    return len(under), len(lost)
+
+
+def _plot(trials, lines, key, out, formats, title, selected=False, tuned=None) -> list[Path]:
     paths: list[Path] = []
     for page, chunk in enumerate(pages(lines, LINES_PER_PAGE)):
         with paper_style():
@@ -110,6 +150,7 @@ def _plot(trials, lines, key, out, formats, title, selected=False) -> list[Path]
                 text = group.label + (f" ({len(lost)} diverged)" if len(lost) else "")
                 handles.append(Line2D([], [], color=colour(i), marker="o", ms=3.5,
                                       linestyle=style, label=text))  # fmt: skip
+            marks = _draw_tuned(axes, *tuned) if tuned is not None else None
             values = pd.to_numeric(pd.concat([everything[key], trials[key]]), errors="coerce")
             for (metric, label), ax in zip(PANELS, axes.flat, strict=True):
                 log_axis(ax, "x", values[values > 0])
@@ -128,6 +169,8 @@ def _plot(trials, lines, key, out, formats, title, selected=False) -> list[Path]
             scope = constant_description(everything, tuple(k for k in shown if k != key))
             set_title(fig, title + (f" ({scope})" if scope else ""))
             handles += _style_handles(chunk, key, n_lost, rings)
+            if marks is not None:
+                handles += _tuned_handles(*marks)
             fig.legend(handles=handles, loc="outside lower center", ncol=2)
             paths += save(fig, out, formats, page)
     return paths
@@ -155,6 +198,17 @@ def _ring(ax, cell: pd.DataFrame, key: str, c: str) -> int:
     ax.scatter([float(pick[key].iloc[0])], [pick["test_acc"].mean()], s=80, facecolors="none",
                edgecolors=c, linewidths=1.2, zorder=6)  # fmt: skip
     return 1
+
+
+def _tuned_handles(n_under: int, n_lost: int) -> list:
+    handles = [Line2D([], [], color=TUNED_COLOUR, marker="o", ms=4, linewidth=1.8,
+                      label="η tuned per λ on validation")]  # fmt: skip
+    handles.append(Line2D([], [], marker="v", ms=8, mfc="none", mec=UNDER_COLOUR,
+                          linestyle="none", label=f"under-trained λ ({n_under}): tuned train "
+                          f"accuracy > {UNDERTRAINED_GAP * 100:g} points below the best λ's"))  # fmt: skip
+    handles.append(Line2D([], [], color=DIVERGED_LAMBDA, linestyle=(0, (1, 2)),
+                          label=f"λ where every η diverged ({n_lost})"))  # fmt: skip
+    return handles
 
 
 def _style_handles(chunk: Sequence[Group], key: str, n_lost: int, rings: int) -> list:

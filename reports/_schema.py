@@ -22,7 +22,9 @@ from ._errors import ReportError
 ROLE_KEY = b"role"  # field metadata: the column's role
 VALUES_KEY = b"values"  # field metadata of the status field: its allowed values
 LAYOUT_KEY = b"ilstudy.layout"  # schema metadata: the layout's version
-READABLE_LAYOUTS = ("1",)  # layout versions this reader understands
+# layout versions this reader understands; 2 adds the phases table (read by the stability
+# figures) and the outcome rule, which this reader also applies to layout 1 on read (_load)
+READABLE_LAYOUTS = ("1", "2")
 ROLES = "roles"  # the frames' attrs key of column → role
 
 # The roles a file may state (the service's study.results.Role).

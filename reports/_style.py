@@ -117,20 +117,25 @@ def mark_floor(ax, xs: Iterable[float], c, left: Iterable[bool] | None = None,
         ax.autoscale_view(scaley=False)
     seen: dict[object, int] = {}
     floor = blended_transform_factory(ax.transData, ax.transAxes)
+    # a line marker (|) is all edge: it takes the colour; a filled one gets a white rim
+    filled = marker in Line2D.filled_markers
+    width = 0.4 if filled else 1.2
     for x, at_left in zip(xs, left, strict=True):
         place = "left" if at_left else x
         y = FLOOR_Y + FLOOR_STEP * seen.get(place, 0)
         seen[place] = seen.get(place, 0) + 1
         transform, px = (ax.transAxes, 0.012) if at_left else (floor, x)
+        rim = {"edgecolors": "white"} if filled else {}
         ax.scatter([px], [y], transform=transform, marker=marker, s=30, color=c,
-                   edgecolors="white", linewidths=0.4, clip_on=False, zorder=6)  # fmt: skip
+                   linewidths=width, clip_on=False, zorder=6, **rim)  # fmt: skip
     return len(xs)
 
 
 def floor_handle(label: str, marker: str = DIVERGED_MARKER) -> Line2D:
     """The legend entry for floor markers."""
-    return Line2D([], [], color="0.3", marker=marker, ms=6, mec="white", mew=0.4,
-                  linestyle="none", label=label)  # fmt: skip
+    filled = marker in Line2D.filled_markers
+    return Line2D([], [], color="0.3", marker=marker, ms=6, mec="white" if filled else None,
+                  mew=0.4 if filled else 1.2, linestyle="none", label=label)  # fmt: skip
 
 
 def loss_label(kind: str, loss_names: Sequence[str]) -> str:

@@ -12,10 +12,20 @@ import pandas as pd
 
 from ._compare import schedule_comparison
 from ._config import CI_LEVEL
-from ._fit import MODEL
+from ._fit import ABOVE, BELOW, MODEL
 from ._groups import infinite_k, usable
+from ._load import ABOVE_INITIAL, OUTCOME_RULE, STOPPED_REASON
 from ._schema import Status, config_keys, format_value, group_keys, group_label, varying
-from ._tune import Tuning, rule
+from ._tune import (
+    EDGE_HIGH,
+    STABILITY_LIMITED,
+    UNDERTRAINED_RULE,
+    UNDETERMINED,
+    Tuning,
+    gauss_newton_by_damping,
+    is_edge,
+    rule,
+)
 
 FINAL_METRICS = ("test_acc", "test_loss", "val_acc", "train_acc", "train_loss")
 LISTED_TRIALS = 20  # trial ids listed per exclusion reason before "and n more"
@@ -78,6 +88,7 @@ def render_summary(
         _trials_section(trials),
         _per_group_section(trials),
         _tuning_section(tuning),
+        _damping_section(trials, tuning),
         _figures_section(figures, skipped, out, match_train_loss),
         _fits_section(fits),
         _schedules_section(trials),
@@ -112,6 +123,24 @@ def _trials_section(trials: pd.DataFrame) -> str:
         "part of the tuning, never of a curve or fit. Curves of running trials still appear in "
         "the training-curve figure.\n"
     )
+    lines.append(f"Outcome rule: {OUTCOME_RULE}.\n")
+    if "divergence" in trials:
+        relabelled = int((trials["divergence"] == ABOVE_INITIAL).sum())
+        if relabelled:
+            lines.append(f"{relabelled} trial{'s' * (relabelled != 1)} counted as diverged by "
+                         "this rule (final train loss above initial; see `divergence` in the "
+                         "trial table).\n")  # fmt: skip
+    if "peak_loss_ratio" in trials:
+        spikes = trials[(trials["exclusion"] == "") & (trials["peak_loss_ratio"] > 1)]
+        if len(spikes):
+            lines.append(f"{len(spikes)} finished trial{'s' * (len(spikes) != 1)} had a "
+                         "training-loss spike above the initial loss and recovered "
+                         f"(`peak_loss_ratio` > 1, largest "
+                         f"{spikes['peak_loss_ratio'].max():.3g}).\n")  # fmt: skip
+    by_trainer = outcome_counts(trials)
+    if not by_trainer.empty:
+        lines.append("Per trainer (the counts the figures' legends give):\n")
+        lines.append(markdown_table(by_trainer, ints=OUTCOMES) + "\n")
     excluded = trials[trials["exclusion"] != ""]
     for reason, t in excluded.groupby("exclusion", sort=True):
         ids = ", ".join(f"`{i}`" for i in t["trial_id"].head(LISTED_TRIALS))
@@ -123,6 +152,26 @@ def _trials_section(trials: pd.DataFrame) -> str:
             first = str(row["error"]).strip().splitlines()[-1:] or [""]
             lines.append(f"  - `{row['trial_id']}`: {first[0][:200]}")
     return "\n".join(lines) + "\n"
+
+
+OUTCOMES = ("finished", "diverged", "stopped by the scheduler", "running", "other")
+
+
+def outcome_counts(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per study and trainer: finished (used), diverged, stopped, running, other (errored,
+    pending, stopped early); duplicates are copies, counted nowhere."""
+    if trials.empty or "trainer" not in trials:
+        return pd.DataFrame()
+    t = trials[trials["exclusion"] != "duplicate"]
+    kind = t["exclusion"].map({"": "finished", "diverged": "diverged",
+                               STOPPED_REASON: "stopped by the scheduler",
+                               "in progress": "running"}).fillna("other")  # fmt: skip
+    table = (t.assign(outcome=kind).groupby(["study", "trainer", "outcome"]).size()
+             .unstack(fill_value=0).reindex(columns=list(OUTCOMES), fill_value=0).reset_index())  # fmt: skip
+    table.columns.name = None
+    if table["study"].nunique() == 1:
+        table = table.drop(columns="study")
+    return table
 
 
 def _per_group_section(trials: pd.DataFrame) -> str:
@@ -164,18 +213,116 @@ def _tuning_section(tuning: Tuning | None) -> str:
     if tuning.refused:
         return "\n".join([*lines, f"Not tuned: {tuning.refused}.\n"])
     lines.append(f"Rule: {rule(tuning.keys)}\n")
-    lines.append("Selected values (also in `selected.csv`); *candidates* lists every value "
-                 "with its mean validation accuracy:\n")  # fmt: skip
-    table = tuning.selected.copy()
-    for col in ("val_acc_mean", "test_acc_mean"):
+    if tuning.trials.empty:
+        lines.append("No tuned view of K: no tuned key varies at a K of iterative "
+                     "linearisation; the cells below (reference arms, Gauss-Newton per λ) "
+                     "were tuned on their own.\n")  # fmt: skip
+    selected = tuning.selected
+    lines += _bracket_lines(selected)
+    lines += [f"Note: {n}.\n" for n in tuning.notes]
+    lines.append("Selected values (also in `selected.csv`); *bracketed* is the pick's class; "
+                 "*margin* is its lead over the runner-up in validation accuracy and, where "
+                 "recorded, in validation examples; *candidates* lists every value with its "
+                 "mean validation accuracy:\n")  # fmt: skip
+    table = selected.copy()
+    for col in ("val_acc_mean", "test_acc_mean", "train_acc_mean", "margin_val_acc"):
         if col in table:
             table[col] = table[col].map(lambda v: f"{v:.4f}" if np.isfinite(v) else "–")
+    if "margin_val_examples" in table:
+        table["margin_val_examples"] = table["margin_val_examples"].map(
+            lambda v: f"{v:.1f}" if np.isfinite(v) else "–"
+        )
     if "study" in table and table["study"].nunique() == 1:
         table = table.drop(columns="study")
     table = table.rename(columns={"val_acc_mean": "val acc (mean)",
-                                  "test_acc_mean": "test acc at selection (mean)"})  # fmt: skip
-    table = table.drop(columns=[c for c in ("n_candidates",) if c in table])
+                                  "test_acc_mean": "test acc at selection (mean)",
+                                  "train_acc_mean": "train acc (mean)",
+                                  "margin_val_acc": "margin (val acc)",
+                                  "margin_val_examples": "margin (val examples)"})  # fmt: skip
+    hidden = ("n_candidates", "grid_size", "val_examples")
+    table = table.drop(columns=[c for c in table if c in hidden or c.startswith("next_larger_")])
     return "\n".join([*lines, markdown_table(table)]) + "\n"
+
+
+def _cell_name(row: pd.Series) -> str:
+    """'linearised K=25' or 'plain adam' or 'gauss_newton λ=0.01' for one row of selected."""
+    parts = [str(row.get("trainer", ""))]
+    if row.get("trainer") == "plain" and "optimizer" in row:
+        parts.append(str(row["optimizer"]))
+    elif row.get("trainer") == "gauss_newton" and "damping" in row:
+        parts.append(f"λ={format_value(row['damping'])}")
+    elif "k" in row:
+        parts.append(f"K={format_value(float(row['k']))}")
+    skip = {"trainer", "optimizer", "damping", "k", "study"}
+    keys = [c for c in row.index if c in _CELL_EXTRA and c not in skip]
+    parts += [f"{c}={format_value(row[c])}" for c in keys]
+    return " ".join(p for p in parts if p)
+
+
+_CELL_EXTRA = ("total_steps", "batch_size", "schedule", "model", "dataset")
+
+
+def _bracket_lines(selected: pd.DataFrame) -> list[str]:
+    """Which cells are stability-limited, and a warning for every edge pick, in words."""
+    if selected.empty or "bracketed" not in selected:
+        return []
+    lines = []
+    limited = selected[selected["bracketed"].astype(str).str.contains(STABILITY_LIMITED)]
+    if len(limited):
+        names = ", ".join(_cell_name(r) for _, r in limited.iterrows())
+        lines.append(f"**Stability-limited** (the next larger value diverged there, so the pick "
+                     f"is as large as the cell can train): {names}.\n")  # fmt: skip
+    else:
+        lines.append("No cell is stability-limited.\n")
+    edges = selected[selected["bracketed"].map(is_edge)]
+    if len(edges):
+        single = edges.get("grid_size", pd.Series(2, index=edges.index)) == 1
+        parts = []
+        for label, mask in (
+            ("picked the grid's largest value (a larger one was never tried)",
+             ~single & edges["bracketed"].astype(str).str.contains(EDGE_HIGH)),
+            ("picked the grid's smallest value (a smaller one was never tried)",
+             ~single & ~edges["bracketed"].astype(str).str.contains(EDGE_HIGH)),
+            ("ran at a single value (nothing was tuned)", single),
+        ):  # fmt: skip
+            if mask.any():
+                names = ", ".join(_cell_name(r) for _, r in edges[mask].iterrows())
+                parts.append(f"{label}: {names}")
+        lines.append(f"> **Warning: {len(edges)} pick{'s' * (len(edges) != 1)} at the edge of "
+                     "the grid, not tuned.** " + "; ".join(parts) + ". The optimum may lie "
+                     "outside the grid, so these cells' comparisons with the others are not "
+                     "fair until the grid is extended past them.\n")  # fmt: skip
+    open_cells = selected[selected["bracketed"].astype(str).str.contains(UNDETERMINED)]
+    if len(open_cells):
+        names = ", ".join(_cell_name(r) for _, r in open_cells.iterrows())
+        lines.append(f"Undetermined (the next larger value has no finished seed yet): {names}.\n")
+    unpicked = selected[selected["bracketed"].astype(str) == ""]
+    if len(unpicked):
+        names = ", ".join(_cell_name(r) for _, r in unpicked.iterrows())
+        lines.append(f"Nothing selected (see the note): {names}.\n")
+    return lines
+
+
+def _damping_section(trials: pd.DataFrame, tuning: Tuning | None) -> str:
+    """Gauss-Newton: η tuned per λ, train beside test, and which λ are matched."""
+    keys = tuning.keys if tuning is not None and not tuning.refused else ()
+    table = gauss_newton_by_damping(trials, keys) if keys else pd.DataFrame()
+    if table.empty:
+        return ""
+    lines = ["## Gauss-Newton: step η tuned per damping λ on validation\n",
+             f"Each λ is a cell of the rule above. Outcome: {UNDERTRAINED_RULE}.\n"]  # fmt: skip
+    shown = pd.DataFrame({"λ": table["damping"].map(format_value)})
+    for k in keys:
+        shown[f"{k} (tuned)"] = table[k].map(format_value)
+    shown["bracketed"] = table["bracketed"]
+    for col, name in (("train_acc_mean", "train acc"), ("test_acc_mean", "test acc"),
+                      ("acc_gap", "gap (train − test)")):  # fmt: skip
+        shown[name] = table[col].map(lambda v: f"{v:.4f}" if np.isfinite(v) else "–")
+    shown["diverged trials"] = table["n_diverged"]
+    shown["outcome"] = table["outcome"]
+    counts = table["outcome"].value_counts()
+    said = ", ".join(f"{n} {o}" for o, n in counts.items())
+    return "\n".join([*lines, markdown_table(shown), f"\nλ by outcome: {said}.\n"]) + "\n"
 
 
 def _figures_section(
@@ -212,7 +359,11 @@ def _fits_section(fits: pd.DataFrame) -> str:
         "(N₅₀, s) are fitted by least squares to the other trials. N_q recovers a fraction q of "
         "the gap between the levels: N_q = N₅₀·(q/(1−q))^(1/s). Brackets are "
         f"{level} percentile intervals from a bootstrap over seeds (trials resampled within each "
-        "K, levels included). All values are in `fits.csv`.\n",
+        "K, levels included). A threshold or bound is reported only inside the sampled N range "
+        "(`n_min`–`n_max` in `fits.csv`); beyond it, it is censored: `< N_min` or `> N_max` in "
+        "its flag column (`n50_flag`, `n50_lo_flag`, …), NaN in its value column, an arrow in "
+        "the figure. A rejected fit reports no threshold; its figure shows the raw means with "
+        "bootstrap bands. All values are in `fits.csv`.\n",
     ]
     if fits.empty:
         return "\n".join([*lines, "No group of finished linearised trials at several K to fit.\n"])
@@ -320,13 +471,26 @@ def _view(row: pd.Series) -> str:
 
 
 def _threshold(row: pd.Series, name: str) -> str:
-    """N_q with its CI, or where it lies when it is outside the sampled N (not reported)."""
-    if np.isfinite(row.get(name, math.nan)):
-        return _ci(row, name, "{:.3g}")
-    param = row.get("n50_param", math.nan)
-    if name == "n50" and np.isfinite(param) and param < row["n_min"]:
+    """N_q with its CI inside the sampled N, or where it lies when censored (not reported)."""
+    flag = str(row.get(f"{name}_flag", "") or "")
+    if flag == BELOW:
         return f"< {row['n_min']:g} (below the sampled N)"
-    return f"> {row['n_max']:g} (above the sampled N)"
+    if flag == ABOVE:
+        return f"> {row['n_max']:g} (above the sampled N)"
+    value = row.get(name, math.nan)
+    if not np.isfinite(value):
+        return "–"
+    bounds = []
+    for side in ("_lo", "_hi"):
+        side_flag = str(row.get(f"{name}{side}_flag", "") or "")
+        bound = row.get(f"{name}{side}", math.nan)
+        if side_flag == BELOW:
+            bounds.append(f"< {row['n_min']:g}")
+        elif side_flag == ABOVE:
+            bounds.append(f"> {row['n_max']:g}")
+        elif bound is not None and np.isfinite(bound):
+            bounds.append(f"{bound:.3g}")
+    return f"{value:.3g}" + (f" [{bounds[0]}, {bounds[1]}]" if len(bounds) == 2 else "")
 
 
 def _ci(row: pd.Series, name: str, fmt: str) -> str:

@@ -113,6 +113,7 @@ class Tuning:
     selected: pd.DataFrame = field(default_factory=pd.DataFrame)
     refused: str = ""  # why there is no tuned view although the keys vary
     notes: tuple[str, ...] = ()  # what the summary must say about the selection (margins)
+    picks: pd.DataFrame = field(default_factory=pd.DataFrame)  # every cell's picked trials
 
 
 def tune_on_validation(trials: pd.DataFrame, keys: Sequence[str] = DEFAULT_TUNED) -> Tuning | None:
@@ -142,16 +143,17 @@ def tune_on_validation(trials: pd.DataFrame, keys: Sequence[str] = DEFAULT_TUNED
             chosen.append(cell[cell["exclusion"] == "diverged"])
     notes = _notes(pool, keys)
     selected = _tidy(pd.DataFrame(rows), cell_keys)
+    picks = pd.concat(chosen) if chosen else pool.iloc[:0]
+    picks.attrs = dict(trials.attrs)
     lin = grid[grid["trainer"] == "linearised"] if "trainer" in grid else grid
     if lin.empty or not _varies(lin, cell_keys, keys):  # no tuned view of K, only per-cell picks
-        return Tuning(keys, pool.iloc[:0].copy(), selected, notes=notes)
-    view = pd.concat(chosen) if chosen else pool.iloc[:0]
-    view = view.copy()
+        return Tuning(keys, pool.iloc[:0].copy(), selected, notes=notes, picks=picks)
+    view = picks.copy()
     for k in keys:
         view[f"__{k}"] = view[k]
         view[k] = TUNED
     view.attrs = dict(trials.attrs)
-    return Tuning(keys, view, selected, notes=notes)
+    return Tuning(keys, view, selected, notes=notes, picks=picks)
 
 
 def _notes(pool: pd.DataFrame, keys: tuple[str, ...]) -> tuple[str, ...]:
@@ -384,17 +386,25 @@ def gauss_newton_by_damping(
     same line (the other config keys); otherwise *matched*. Only between matched λ is a jump in
     test accuracy a generalisation effect. Empty when no GN cell sweeps a tuned key over λ.
     """
+    return gauss_newton_tuned(trials, keys)[0]
+
+
+def gauss_newton_tuned(
+    trials: pd.DataFrame, keys: Sequence[str] = DEFAULT_TUNED
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(``gauss_newton_by_damping``'s table, the picked trials behind it)."""
+    none = (pd.DataFrame(), pd.DataFrame())
     if "trainer" not in trials or "damping" not in trials:
-        return pd.DataFrame()
+        return none
     gn = trials[trials["trainer"] == GAUSS_NEWTON]
     if gn.empty or gn["damping"].nunique() < 2:
-        return pd.DataFrame()
+        return none
     tuning = tune_on_validation(gn, keys)
     if tuning is None or tuning.refused or tuning.selected.empty:
-        return pd.DataFrame()
+        return none
     table = tuning.selected.copy()
     if "damping" not in table:
-        return pd.DataFrame()
+        return none
     config = {*config_keys(trials), "study"} - {"trainer", "k", "damping", *keys}
     line = [c for c in table.columns if c in config]  # the other keys that tell lines apart
     table["n_diverged"] = [
@@ -411,7 +421,7 @@ def gauss_newton_by_damping(
     unpicked = np.where(table["n_diverged"] > 0, "diverged", "no pick")
     table["outcome"] = np.where(picked, np.where(under, "under-trained", "matched"), unpicked)
     table["best_train_acc"] = best
-    return table.sort_values([*line, "damping"], ignore_index=True)
+    return table.sort_values([*line, "damping"], ignore_index=True), tuning.picks
 
 
 def _same(frame: pd.DataFrame, row: pd.Series, columns: list[str]) -> pd.DataFrame:
@@ -424,7 +434,8 @@ def _same(frame: pd.DataFrame, row: pd.Series, columns: list[str]) -> pd.DataFra
 
 UNDERTRAINED_RULE = (
     f"a λ is *under-trained* when the final train accuracy at its tuned η is more than "
-    f"{UNDERTRAINED_GAP:.0%} below the best λ's (same line), and *diverged* when every η "
+    f"{UNDERTRAINED_GAP * 100:g} percentage points below the best λ's (same line), and "
+    "*diverged* when every η "
     "diverged there; only between *matched* λ is a jump in test accuracy a generalisation "
     "effect rather than an optimisation one"
 )

@@ -21,8 +21,22 @@ import pyarrow.parquet as pq
 from study.results import METRICS_SCHEMA, TRIALS_SCHEMA, roles
 
 INF = math.inf
+# Metrics the trainer records in newer layouts; a schema that lacks them (a checkout where the
+# service's side has not landed) gets them here, with the role the service gives them.
+NEW_METRICS = {"peak_loss_ratio": pa.float64(), "val_examples": pa.int64()}
+
+
+def _with_new_metrics(schema: pa.Schema) -> pa.Schema:
+    missing = [n for n in NEW_METRICS if n not in schema.names]
+    for name in missing:
+        schema = schema.append(pa.field(name, NEW_METRICS[name], metadata={b"role": b"metric"}))
+    return schema
+
+
+METRICS = _with_new_metrics(METRICS_SCHEMA)
+TRIALS = _with_new_metrics(TRIALS_SCHEMA)
 # column → role over both tables, as the service writes them
-ROLES = {**roles(METRICS_SCHEMA), **roles(TRIALS_SCHEMA)}
+ROLES = {**roles(METRICS), **roles(TRIALS)}
 
 
 @dataclass
@@ -95,6 +109,11 @@ class Spec:
     duplicates: int = 0  # copies of the K=∞ seed-0 trial: one exact, then K = 2T (old files)
     stopped: int = 0  # this many extra trials stopped by an early-stopping scheduler
     diverge_at: dict = field(default_factory=dict)  # config of the diverged trials (default K=3)
+    plain_lrs: Iterable[float] | None = None  # the plain arms' own lr grid (default: lrs)
+    # (damping, lr) -> accuracy shift of that Gauss-Newton cell (test, train and val alike)
+    gn_shift: Callable[[float, float], float] | None = None
+    val_examples: int | None = None  # write val_examples (newer layouts) with this count
+    peak: bool = False  # write peak_loss_ratio as the trainer does (newer layouts)
 
 
 def make_study(root: Path, spec: Spec | None = None, **changes) -> Path:
@@ -111,7 +130,7 @@ def make_study(root: Path, spec: Spec | None = None, **changes) -> Path:
         frame = pd.DataFrame(rows)
         frame.insert(0, "trial_id", trial_id)
         frame.insert(0, "study", spec.study)
-        write_parquet(frame, metrics_dir / f"{trial_id}.parquet", METRICS_SCHEMA)
+        write_parquet(frame, metrics_dir / f"{trial_id}.parquet", METRICS)
         last = frame.iloc[-1].to_dict()
         status = {"ok": "TERMINATED", "running": "RUNNING"}.get(fate, fate.upper())
         if fate == "stopped":
@@ -120,7 +139,7 @@ def make_study(root: Path, spec: Spec | None = None, **changes) -> Path:
                        "finished_at": pd.Timestamp("2025-01-01 00:01"), "wall_s": 60.0})  # fmt: skip
     if spec.trials_table:
         table = pd.DataFrame(trials).drop(columns=["step", "elapsed_s"])
-        write_parquet(table, study_dir / "results" / "trials.parquet", TRIALS_SCHEMA)
+        write_parquet(table, study_dir / "results" / "trials.parquet", TRIALS)
     return study_dir
 
 
@@ -151,18 +170,26 @@ def _configs(spec: Spec, rng: np.random.Generator):
                     acc += shift(float(k), lr)[0]
                     cfg = {**base, "lr": lr, "k": float(k), "total_steps": total, "seed": seed}
                     out.append((cfg, acc, "ok"))
-            for optimizer in spec.plain:
+            for optimizer in spec.plain if spec.plain_lrs is None else ():
                 for seed in spec.seeds:
                     cfg = {**base, "trainer": "plain", "optimizer": optimizer, "k": 1.0, "lr": lr}
                     acc = spec.truth.a_1 + (0.01 if optimizer == "adam" else 0.0)
                     acc += spec.truth.noise * rng.standard_normal() + shift(1.0, lr)[0]
+                    out.append(({**cfg, "total_steps": total, "seed": seed}, acc, "ok"))
+        for lr in spec.plain_lrs or ():
+            for optimizer in spec.plain:
+                for seed in spec.seeds:
+                    cfg = {**base, "trainer": "plain", "optimizer": optimizer, "k": 1.0, "lr": lr}
+                    acc = spec.truth.a_1 + spec.truth.noise * rng.standard_normal()
+                    acc += shift(1.0, lr)[0]
                     out.append(({**cfg, "total_steps": total, "seed": seed}, acc, "ok"))
         for lr in spec.gn_lrs if spec.gn_dampings else ():
             for damping in spec.gn_dampings:
                 for seed in spec.seeds:
                     cfg = {**base, "trainer": "gauss_newton", "k": 1.0, "lr": lr}
                     sharp = 1 / (1 + (damping / 1e-2) ** -1.0)  # better with large damping
-                    acc = 0.7 + 0.2 * sharp + 0.05 * lr + 0.003 * rng.standard_normal()
+                    acc = 0.7 + 0.2 * sharp + 0.05 * min(lr, 1.0) + 0.003 * rng.standard_normal()
+                    acc += spec.gn_shift(damping, lr) if spec.gn_shift else 0.0
                     cfg |= {"damping": damping, "total_steps": total, "seed": seed}
                     out.append((cfg, acc, "ok"))
     lazy = [(c, a) for c, a, _ in out if c["trainer"] == "linearised" and math.isinf(c["k"])
@@ -211,6 +238,8 @@ def _rows(spec: Spec, config: dict, final_acc: float, fate: str, rng: np.random.
                "diverged": False, "elapsed_s": 0.01 * step, **PROVENANCE}  # fmt: skip
         if spec.val:
             row |= {"val_loss": -math.log(max(val_acc, 1e-3)), "val_acc": val_acc}
+        if spec.val_examples is not None:
+            row["val_examples"] = spec.val_examples
         if fate == "diverged" and i == len(steps) - 1:
             row |= {"diverged": True, "train_loss": math.inf, "test_loss": math.nan}
         if spec.probe:
@@ -224,4 +253,19 @@ def _rows(spec: Spec, config: dict, final_acc: float, fate: str, rng: np.random.
                 "lin_point_change": 0.05 * progress,
             }
         rows.append(row)
+    if spec.peak:  # the largest train loss so far over step 0's, as the trainer records it
+        first = rows[0]["train_loss"]
+        peak = 0.0
+        for row in rows:
+            peak = max(peak, row["train_loss"] if math.isfinite(row["train_loss"]) else math.inf)
+            row["peak_loss_ratio"] = peak / first
     return rows
+
+
+def rewrite(study: Path, change: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    """Apply `change` to every metrics file and to trials.parquet, keeping each file's roles
+    (a study written by an older trainer, or one a test bends to a case it needs)."""
+    results = study / "results"
+    files = [*(results / "metrics").glob("*.parquet"), results / "trials.parquet"]
+    for file in (f for f in files if f.is_file()):
+        write_parquet(change(pd.read_parquet(file)), file, pq.read_schema(file))

@@ -7,6 +7,7 @@ Each test checks the number a reader would take away, not only that a file was w
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -343,3 +344,179 @@ def test_a_searcher_page_rings_the_validation_best_trial(tmp_path: Path, monkeyp
     reports.plot_feature_updates(trials, tmp_path / "f")
     ring = next(t for t in seen["texts"] if t.startswith("best"))
     assert ring.startswith("best validation accuracy") and f"lr={best['lr']:.3g}" in ring
+
+
+# ---- the bracket rule (issue 20) ---------------------------------------------------------
+def _cell(
+    k: float,
+    scores: dict[float, list[float]],
+    lost: dict[float, int] | None = None,
+    other: dict[float, str] | None = None,
+    examples: int | None = None,
+) -> list[dict]:
+    """Rows of one K: per lr, one finished seed per validation score, `lost` diverged seeds,
+    and `other` (lr → exclusion) for a value with no finished seed."""
+    rows = []
+    for lr, vals in scores.items():
+        for s, v in enumerate(vals):
+            row = {"k": k, "lr": lr, "seed": s, "val_acc": v, "train_acc": v + 0.05}
+            rows.append(row | ({"val_examples": examples} if examples is not None else {}))
+    for lr, n in (lost or {}).items():
+        rows += [{"k": k, "lr": lr, "seed": 10 + s, "val_acc": math.nan, "exclusion": "diverged"}
+                 for s in range(n)]  # fmt: skip
+    for lr, why in (other or {}).items():
+        rows.append({"k": k, "lr": lr, "seed": 0, "val_acc": math.nan, "exclusion": why})
+    return rows
+
+
+def test_each_pick_is_classed_against_its_cells_grid():
+    from reports._load import STOPPED_REASON
+
+    grid = (0.1, 0.2, 0.4)
+    rows = _cell(10.0, {0.1: [0.90] * 5, 0.2: [0.92] * 5, 0.4: [0.95] * 4}, lost={0.4: 1})
+    rows += _cell(INF, {0.1: [0.80] * 5, 0.2: [0.82] * 5, 0.4: [0.85] * 5})
+    rows += _cell(1.0, {0.1: [0.90] * 5, 0.2: [0.88] * 5, 0.4: [0.86] * 5})
+    rows += _cell(20.0, {0.1: [0.88] * 5, 0.2: [0.91] * 5, 0.4: [0.90] * 5})
+    rows += _cell(40.0, {0.1: [0.88] * 5, 0.2: [0.91] * 5}, other={0.4: "errored"})
+    rows += _cell(50.0, {0.1: [0.88] * 5, 0.2: [0.91] * 5}, other={0.4: STOPPED_REASON})
+    rows += _cell(60.0, {0.2: [0.91] * 5})
+    chosen = tune_on_validation(_frame(rows)).selected.set_index("k")
+    expected = {10.0: (0.2, "stability-limited"),  # one seed of five diverged at the next lr
+                INF: (0.4, "edge-high"), 1.0: (0.1, "edge-low"), 20.0: (0.2, "interior"),
+                40.0: (0.2, "undetermined"),  # the next lr has no finished seed
+                50.0: (0.2, "interior"),  # a scheduler-stopped value scored no better
+                60.0: (0.2, "edge-high")}  # fmt: skip
+    for k, (lr, cls) in expected.items():
+        assert (chosen.loc[k, "lr"], chosen.loc[k, "bracketed"]) == (lr, cls), k
+    assert chosen.loc[10.0, "next_larger_lr"] == 0.4 and math.isnan(
+        chosen.loc[INF, "next_larger_lr"]
+    )
+    assert chosen.loc[10.0, "grid_size"] == len(grid) and chosen.loc[60.0, "grid_size"] == 1
+    assert "one value in the grid" in chosen.loc[60.0, "note"]
+
+
+def test_bracket_precedence_on_the_rule_itself():
+    from reports._tune import DIVERGED, STOPPED, UNFINISHED, USABLE, bracket_class
+
+    assert bracket_class({0.1: USABLE, 0.2: DIVERGED}, 0.2) == "edge-high"  # largest first
+    assert bracket_class({0.1: USABLE, 0.2: DIVERGED}, 0.1) == "stability-limited"
+    assert bracket_class({0.1: USABLE, 0.2: USABLE}, 0.1) == "edge-low"
+    assert bracket_class({0.1: USABLE, 0.2: STOPPED}, 0.1) == "edge-low"
+    assert bracket_class({0.05: USABLE, 0.1: USABLE, 0.2: UNFINISHED}, 0.1) == "undetermined"
+    assert bracket_class({0.05: USABLE, 0.1: USABLE, 0.2: USABLE}, 0.1) == "interior"
+    assert bracket_class({0.1: USABLE}, 0.1) == "edge-high"
+
+
+def test_the_margin_is_the_lead_over_the_runner_up_in_validation_examples():
+    rows = _cell(10.0, {0.1: [0.900, 0.910], 0.2: [0.920, 0.924], 0.4: [0.918, 0.918]},
+                 examples=1000)  # fmt: skip
+    (row,) = tune_on_validation(_frame(rows)).selected.itertuples()
+    assert row.lr == 0.2 and row.runner_up_lr == 0.4
+    assert row.margin_val_acc == pytest.approx(0.922 - 0.918)
+    assert row.margin_val_examples == pytest.approx(4.0)  # four digits of a thousand: noise
+    old = tune_on_validation(_frame(_cell(10.0, {0.1: [0.9], 0.2: [0.92]})))
+    assert math.isnan(old.selected["margin_val_examples"].iloc[0])
+    assert old.selected["margin_val_acc"].iloc[0] == pytest.approx(0.02)
+    assert any("val_examples" in n for n in old.notes)  # the summary says why it is empty
+
+
+def _limited_shift(k: float, lr: float) -> tuple[float, float]:
+    """Larger lr is better on validation everywhere it trains."""
+    return (0.0, {0.1: -0.02, 0.2: 0.0, 0.4: 0.01}.get(lr, 0.0))
+
+
+def test_report_names_stability_limited_k_and_warns_on_edge_picks(tmp_path: Path):
+    study = make_study(tmp_path, Spec(study="limited", ks=(1, 10, 100, INF), seeds=(0, 1, 2),
+                                      lrs=(0.1, 0.2, 0.4), shift=_limited_shift, plain=("adam",),
+                                      plain_lrs=(1e-4, 1e-3), probe=False, diverged=1,
+                                      diverge_at={"k": 10.0, "lr": 0.4}, val_examples=1000))  # fmt: skip
+    result = reports.write_report(study, tmp_path / "out", n_boot=0)
+    selected = pd.read_csv(tmp_path / "out" / "selected.csv")
+    assert "bracketed" in selected.columns and selected["bracketed"].notna().all()
+    lin = selected[selected["trainer"] == "linearised"].set_index("k")
+    assert lin.loc[10.0, "lr"] == 0.2 and lin.loc[10.0, "bracketed"] == "stability-limited"
+    assert (lin.drop(10.0)["bracketed"] == "edge-high").all()
+    assert np.isfinite(lin["margin_val_examples"]).all()
+    plain = selected[selected["trainer"] == "plain"]  # the reference arm is tuned on its grid
+    assert len(plain) == 1 and plain["lr"].iloc[0] in (1e-4, 1e-3)
+    assert plain["bracketed"].iloc[0] in ("edge-high", "edge-low")
+    text = result.summary.read_text()
+    section = text.split("## Learning rate tuned per K on validation")[1].split("\n## ")[0]
+    assert "**Stability-limited**" in section and "linearised K=10" in section
+    warning = next(line for line in section.splitlines() if "Warning" in line)
+    assert "linearised K=1," in warning and not re.search(r"K=10(?!\d)", warning)
+    assert "plain adam" in warning
+    assert "*edge-high* when" in section  # the rule is stated
+
+
+# ---- Gauss-Newton: η tuned per λ ---------------------------------------------------------
+def _gn_shift(damping: float, lr: float) -> float:
+    """η = 1 best at λ ≥ 1e-3; η = 10 best at λ = 1e3 (a large λ needs a large step)."""
+    if damping >= 1e2:
+        return {0.1: -0.2, 1.0: -0.1, 10.0: 0.0}[lr]
+    return {0.1: -0.02, 1.0: 0.0, 10.0: -0.05}[lr]
+
+
+@pytest.fixture(scope="module")
+def gn_study(tmp_path_factory) -> Path:
+    return make_study(tmp_path_factory.mktemp("gn"),
+                      Spec(study="gn", ks=(), seeds=(0, 1, 2), plain=(), probe=False,
+                           gn_dampings=(1e-6, 1e-3, 1.0, 1e3), gn_lrs=(0.1, 1.0, 10.0),
+                           gn_shift=_gn_shift))  # fmt: skip
+
+
+def test_gauss_newton_tunes_the_step_per_damping_on_validation(gn_study: Path):
+    from reports._tune import gauss_newton_by_damping
+
+    trials = reports.load_trials(gn_study)
+    tuning = tune_on_validation(trials)
+    assert tuning is not None and not tuning.refused and tuning.trials.empty  # no K to view
+    per = tuning.selected.set_index("damping")
+    assert per["lr"].to_dict() == {1e-6: 1.0, 1e-3: 1.0, 1.0: 1.0, 1e3: 10.0}
+    assert per.loc[1.0, "bracketed"] == "interior" and per.loc[1e3, "bracketed"] == "edge-high"
+    table = gauss_newton_by_damping(trials).set_index("damping")
+    done = trials[trials["usable"]]
+    for lam, row in table.iterrows():  # the pick's train and test accuracy, from the trials
+        at = done[(done["damping"] == lam) & (done["lr"] == row["lr"])]
+        assert row["train_acc_mean"] == pytest.approx(at["train_acc"].mean())
+        assert row["test_acc_mean"] == pytest.approx(at["test_acc"].mean())
+    best = table["train_acc_mean"].max()
+    under = table["train_acc_mean"] < best - 0.05
+    assert (table.loc[under, "outcome"] == "under-trained").all() and under.any()
+    assert (table.loc[~under, "outcome"] == "matched").all() and (~under).any()
+
+
+def test_a_damping_where_every_step_diverged_is_marked(gn_study: Path, tmp_path, monkeypatch):
+    from reports import _plot_sweep
+    from reports._tune import gauss_newton_by_damping
+
+    trials = reports.load_trials(gn_study)
+    at = trials["damping"] == 1e-6
+    trials.loc[at, ["exclusion", "usable", "status"]] = ["diverged", False, "DIVERGED"]
+    table = gauss_newton_by_damping(trials).set_index("damping")
+    assert table.loc[1e-6, "outcome"] == "diverged" and table.loc[1e-6, "n_diverged"] == 9
+    assert table.loc[1e-6, "bracketed"] == "" and math.isnan(table.loc[1e-6, "lr"])
+    seen = {}
+    monkeypatch.setattr(_plot_sweep, "save", lambda fig, *a, **k: seen.update(
+        texts=_legend_texts(fig), axes=fig.axes) or plt.close(fig) or [])  # fmt: skip
+    reports.plot_damping(trials, tmp_path / "damping")
+    n_under = int((table["outcome"] == "under-trained").sum())
+    assert (
+        f"under-trained λ ({n_under}): tuned train accuracy > 5 points below the best λ's"
+        in (seen["texts"])
+    )
+    assert "λ where every η diverged (1)" in seen["texts"]
+    assert "η tuned per λ on validation" in seen["texts"]
+    assert any("diverged trial (9)" in t for t in seen["texts"])
+    vlines = [ln for ln in seen["axes"][0].get_lines() if list(ln.get_xdata()) == [1e-6, 1e-6]]
+    assert len(vlines) == 1  # the diverged λ, drawn where it is
+
+
+def test_the_summary_tells_matched_from_under_trained_damping(gn_study: Path, tmp_path: Path):
+    text = reports.write_report(gn_study, tmp_path / "out", n_boot=0).summary.read_text()
+    section = text.split("## Gauss-Newton: step η tuned per damping λ on validation")[1]
+    section = section.split("\n## ")[0]
+    assert "under-trained" in section and "matched" in section
+    assert "percentage points below the best λ's" in section  # the rule is stated
+    selected = pd.read_csv(tmp_path / "out" / "selected.csv")
+    assert (selected["trainer"] == "gauss_newton").all() and len(selected) == 4
