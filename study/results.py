@@ -2,8 +2,10 @@
 
 `<storage>/<study>/results/metrics/<trial_id>.parquet`: one row per (trial, step), written
 whole and atomically by the trial itself from the rows kept in its checkpoint, so the file
-always matches a state the trial can continue from. `results/trials.parquet`: one row per
-trial, written by the driver (`study.writer.TrialsWriter`).
+always matches a state the trial can continue from. `results/phases/<trial_id>.parquet`: the
+trial's stability measures, one row per measured linearisation point (trainables.PHASE_KEYS),
+written the same way beside it. `results/trials.parquet`: one row per trial, written by the
+driver (`study.writer.TrialsWriter`).
 
 The files describe themselves: every field carries its `Role` in its Arrow field metadata
 (`{b"role": b"config"}`), the status field lists the `Status` values, and the schema metadata
@@ -25,11 +27,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from study.storage import write_parquet_atomic
-from trainables import MEASURE_KEYS, RECORD_KEYS, TrialConfig
+from trainables import MEASURE_KEYS, PHASE_KEYS, RECORD_KEYS, TrialConfig
 
-LAYOUT_VERSION = "1"  # +1 whenever a reader of older files would misread the new ones
+# +1 whenever a reader of older files would misread the new ones. 2: the phases table, and
+# the outcome rule (a trial whose final training loss is above its initial one is diverged).
+LAYOUT_VERSION = "2"
 LAYOUT_KEY = b"ilstudy.layout"  # schema metadata: the layout's version
-TABLE_KEY = b"ilstudy.table"  # schema metadata: "metrics" or "trials"
+TABLE_KEY = b"ilstudy.table"  # schema metadata: "metrics", "phases" or "trials"
 ROLE_KEY = b"role"  # field metadata: the column's Role
 VALUES_KEY = b"values"  # field metadata of the status field: the Status values, comma-separated
 
@@ -61,7 +65,7 @@ FINISHED = (Status.TERMINATED, Status.DIVERGED)  # ran as far as the trial itsel
 ENDED = (*FINISHED, Status.STOPPED)  # never runs again, and not for an error
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-_INT_METRICS = {"step", "feature_updates"}
+_INT_METRICS = {"step", "feature_updates", "val_examples"}
 _BOOL_METRICS = {"diverged"}
 # Config keys that say where the data lived or how it was fetched, not what is trained: the
 # same trial may run with another data_dir, and data_sha256 pins the bytes of data_path. They
@@ -122,6 +126,13 @@ METRICS_SCHEMA = _schema(
 METRIC_NAMES = tuple(f.name for f in METRIC_FIELDS)
 CONFIG_NAMES = tuple(f.name for f in CONFIG_FIELDS)
 
+# The step and update count index the rows (metrics as in the metrics table); the rest measure.
+PHASE_FIELDS = [
+    _field(key, *((pa.int64(), Role.METRIC) if key in _INT_METRICS else (pa.float64(), Role.MEASURE)))
+    for key in PHASE_KEYS
+]  # fmt: skip
+PHASES_SCHEMA = _schema("phases", [*ID_FIELDS, *CONFIG_FIELDS, *PHASE_FIELDS, *PROVENANCE_FIELDS])
+
 TRIALS_SCHEMA = _schema(
     "trials",
     [
@@ -168,6 +179,11 @@ def metric_columns(record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def phase_columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Every phase key of a stability row; NaN where it lacks a measure."""
+    return {f.name: row.get(f.name, math.nan) for f in PHASE_FIELDS}
+
+
 def utc(seconds: float | None) -> dt.datetime | None:
     """Unix seconds → an aware UTC datetime (what TIMESTAMP columns hold)."""
     if seconds is None or not math.isfinite(seconds):
@@ -189,6 +205,19 @@ def unique_by_step(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def metrics_file(results_dir: str, trial_id: str) -> str:
     return str(PurePosixPath(results_dir, "metrics", f"{trial_id}.parquet"))
+
+
+def phases_file(results_dir: str, trial_id: str) -> str:
+    return str(PurePosixPath(results_dir, "phases", f"{trial_id}.parquet"))
+
+
+def write_trial_phases(
+    fs: pafs.FileSystem, results_dir: str, trial_id: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Replace the trial's phases file with exactly `rows` (unique per step), atomically."""
+    write_parquet_atomic(
+        fs, phases_file(results_dir, trial_id), table(unique_by_step(rows), PHASES_SCHEMA)
+    )
 
 
 def write_trial_metrics(

@@ -8,6 +8,9 @@ the trial rewrites `results/metrics/<trial_id>.parquet` from exactly those rows,
 stored always matches a state the trial can continue from, and a redone report after a
 restore (Tune restores from its last experiment snapshot, not the newest checkpoint, so
 about one report per trial is redone) rewrites the same (trial, step) rows instead of adding new ones.
+The trial's stability rows (`Trial.take_phase_rows`, one per measured linearisation point) go
+the same way: kept in the checkpoint, and `results/phases/<trial_id>.parquet` rewritten from
+them at each checkpoint (no file while the trial has none: measures off).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from study.ray_internals import CHECKPOINT_PREFIX, this_trial_storage
 TRAINABLE_NAME = "ilstudy_trial"  # stable: Tuner.restore finds the trainable by this name
 _STATE_FILE = "state.pt"  # torch.save of {"trial": Trial.state_dict(), "adapter": {...}}
 ROWS_FILE = "rows.parquet"  # the trial's metrics rows up to this checkpoint (study.verify)
+PHASES_FILE = "phases.parquet"  # its stability rows (absent in checkpoints made before them)
 _CKPT_PREFIX = "ilstudy-ckpt-"  # + "<pid>-": a checkpoint's staging folder in the temp dir
 
 
@@ -99,9 +103,12 @@ def _trial_checkpoints() -> list[Any]:
     ]
 
 
-def _restore(given: Any, device: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    """(state, rows) of the most advanced usable checkpoint: Tune's own, or a newer one of this
-    trial's on storage (see `_trial_checkpoints`); None to start from scratch.
+Rows = list[dict[str, Any]]
+
+
+def _restore(given: Any, device: str) -> tuple[dict[str, Any], Rows, Rows] | None:
+    """(state, metrics rows, phase rows) of the most advanced usable checkpoint: Tune's own, or
+    a newer one of this trial's on storage (see `_trial_checkpoints`); None to start afresh.
 
     "Most advanced" is by content, the number of distinct steps in the checkpoint's rows, not
     by folder index: after such a restore Tune numbers the next checkpoints from the
@@ -127,11 +134,13 @@ def _restore(given: Any, device: str) -> tuple[dict[str, Any], list[dict[str, An
                     os.path.join(directory, _STATE_FILE), map_location=device, weights_only=False
                 )
                 rows = pq.read_table(os.path.join(directory, ROWS_FILE)).to_pylist()
+                phases = os.path.join(directory, PHASES_FILE)
+                phase_rows = pq.read_table(phases).to_pylist() if os.path.exists(phases) else []
         except Exception:
             if checkpoint is given and len(ranked) == 1:
                 raise  # Tune's own checkpoint and nothing else: its error is the trial's
             continue
-        return saved, rows
+        return saved, rows, phase_rows
     return None
 
 
@@ -191,7 +200,16 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
     import torch
     from ray import tune
 
-    from study.results import METRICS_SCHEMA, config_columns, metric_columns, table, utc
+    from study.results import (
+        METRICS_SCHEMA,
+        PHASES_SCHEMA,
+        config_columns,
+        metric_columns,
+        phase_columns,
+        table,
+        utc,
+        write_trial_phases,
+    )
     from study.results import write_trial_metrics as write_metrics
     from trainables import Trial
 
@@ -200,11 +218,12 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
     trial_id = tune.get_context().get_trial_id()
     fs, results = _results_location()
     trial = Trial(config, device=device)
-    rows: list[dict[str, Any]] = []
+    rows: Rows = []
+    phase_rows: Rows = []
     meta = {"attempt": 0, "started_at": entered_at, "wall_s": 0.0}
     restored = _restore(tune.get_checkpoint(), device)
     if restored is not None:
-        saved, rows = restored
+        saved, rows, phase_rows = restored
         trial.load_state_dict(saved["trial"])
         meta = dict(saved["adapter"], attempt=saved["adapter"]["attempt"] + 1)
     attempt_t0 = entered_at
@@ -243,8 +262,13 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
                 os.path.join(directory, _STATE_FILE),
             )
             pq.write_table(table(rows, METRICS_SCHEMA), os.path.join(directory, ROWS_FILE))
-            # The file first, then the checkpoint: once Tune sees a trial finish, its file
-            # is complete; a crash in between leaves rows a restored trial will rewrite.
+            if phase_rows:
+                phases = table(phase_rows, PHASES_SCHEMA)
+                pq.write_table(phases, os.path.join(directory, PHASES_FILE))
+            # The files first, then the checkpoint: once Tune sees a trial finish, its files
+            # are complete; a crash in between leaves rows a restored trial will rewrite.
+            if phase_rows:
+                write_trial_phases(fs, results, trial_id, phase_rows)
             write_metrics(fs, results, trial_id, rows)
             tune.report(
                 tune_metrics(rows[-1]), checkpoint=tune.Checkpoint.from_directory(directory)
@@ -254,6 +278,8 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
     for record in trial.records():
         now, yielded = time.time(), True
         rows.append({**fixed, **metric_columns(record), "reported_at": utc(now)})
+        for phase in trial.take_phase_rows():  # the stability rows made before this record
+            phase_rows.append({**fixed, **phase_columns(phase), "reported_at": utc(now)})
         final = bool(record["diverged"]) or record["step"] >= trial.cfg.total_steps
         every = settings.checkpoint_every
         due = (every and len(rows) - checkpointed >= every) or (

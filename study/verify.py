@@ -5,7 +5,9 @@ would notice its `results/metrics/<trial_id>.parquet` missing, truncated or over
 final checkpoint holds the same rows (`rows.parquet`, written by study.trainable),
 so a file that is unreadable or holds other (trial, step) rows is rewritten from there. A file
 that is bad and whose checkpoint is gone too cannot be recovered: the resume names it, runs
-the rest, and exits 1.
+the rest, and exits 1. The trial's `results/phases/<trial_id>.parquet` is checked against the
+same checkpoint's `phases.parquet` and rewritten likewise (checkpoints made before the phases
+table hold none: nothing to check).
 
 This reads Tune's on-disk layout of a trial folder (`checkpoint_<index>/`, named in
 study.ray_internals): Tune's public API gives a trial's checkpoints only inside the running trial,
@@ -22,9 +24,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from study.ray_internals import CHECKPOINT_PREFIX
-from study.results import FINISHED, METRICS_SCHEMA, metrics_file, table, unique_by_step
+from study.results import (
+    FINISHED,
+    METRICS_SCHEMA,
+    PHASES_SCHEMA,
+    metrics_file,
+    phases_file,
+    table,
+    unique_by_step,
+)
 from study.storage import StudyPaths, write_parquet_atomic
-from study.trainable import ROWS_FILE
+from study.trainable import PHASES_FILE, ROWS_FILE
 
 __all__ = ["FINISHED", "checkpoint_rows", "verify_finished"]
 
@@ -43,6 +53,12 @@ def _steps(t: pa.Table) -> list[tuple[str, int]]:
 
 def checkpoint_rows(fs: pafs.FileSystem, trial_dir: str) -> pa.Table | None:
     """The rows of the trial's most complete checkpoint (most steps), unique per step."""
+    best = _best_checkpoint(fs, trial_dir)
+    return None if best is None else best[0]
+
+
+def _best_checkpoint(fs: pafs.FileSystem, trial_dir: str) -> tuple[pa.Table, str] | None:
+    """(metrics rows unique per step, folder) of the checkpoint with the most steps."""
     try:
         infos = fs.get_file_info(pafs.FileSelector(trial_dir))
     except (OSError, pa.ArrowException):
@@ -56,9 +72,25 @@ def checkpoint_rows(fs: pafs.FileSystem, trial_dir: str) -> pa.Table | None:
         if rows is None or "step" not in rows.column_names:
             continue
         rows = table(unique_by_step(rows.to_pylist()), METRICS_SCHEMA)
-        if best is None or rows.num_rows > best.num_rows:
-            best = rows
+        if best is None or rows.num_rows > best[0].num_rows:
+            best = (rows, info.path)
     return best
+
+
+def _checkpoint_phases(fs: pafs.FileSystem, folder: str) -> pa.Table | None:
+    """The phase rows a checkpoint folder holds, unique per step (None: it holds none)."""
+    phases = _read_table(fs, str(PurePosixPath(folder, PHASES_FILE)))
+    if phases is None or "step" not in phases.column_names:
+        return None
+    return table(unique_by_step(phases.to_pylist()), PHASES_SCHEMA)
+
+
+def _same_rows(stored: pa.Table | None, saved: pa.Table) -> bool:
+    return (
+        stored is not None
+        and stored.schema.names == saved.schema.names
+        and _steps(stored) == _steps(saved)
+    )
 
 
 def verify_finished(
@@ -77,9 +109,16 @@ def verify_finished(
     for trial_id, logdir in sorted(finished.items()):
         path = metrics_file(paths.results, trial_id)
         stored = _read_table(fs, path)
-        saved = (
-            checkpoint_rows(fs, str(PurePosixPath(paths.experiment, logdir))) if logdir else None
+        best = (
+            _best_checkpoint(fs, str(PurePosixPath(paths.experiment, logdir))) if logdir else None
         )
+        saved = None if best is None else best[0]
+        if best is not None:
+            phases = _checkpoint_phases(fs, best[1])
+            phases_path = phases_file(paths.results, trial_id)
+            if phases is not None and not _same_rows(_read_table(fs, phases_path), phases):
+                write_parquet_atomic(fs, phases_path, phases)
+                rewritten.append(paths.display(phases_path))
         if saved is None:
             if stored is None or "step" not in stored.column_names:
                 lost.append(paths.display(path))
@@ -87,12 +126,7 @@ def verify_finished(
                     name = PurePosixPath(path)
                     fs.move(path, str(name.with_name(f".{name.name}.damaged")))
             continue  # a readable file with no checkpoint to compare: kept as it is
-        ok = (
-            stored is not None
-            and stored.schema.names == saved.schema.names
-            and _steps(stored) == _steps(saved)
-        )
-        if not ok:
+        if not _same_rows(stored, saved):
             write_parquet_atomic(fs, path, saved)
             rewritten.append(paths.display(path))
     return rewritten, lost

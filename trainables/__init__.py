@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainables.catalog import DatasetMissingError
 from trainables.config import TrialConfig, parse_override
-from trainables.keys import MEASURE_KEYS, RECORD_KEYS, STABILITY_KEYS
+from trainables.keys import MEASURE_KEYS, PHASE_KEYS, RECORD_KEYS, STABILITY_KEYS
 
 if TYPE_CHECKING:
     from trainables.data import Data, batch_indices, load_data
@@ -39,6 +39,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "MEASURE_KEYS",
+    "PHASE_KEYS",
     "RECORD_KEYS",
     "STABILITY_KEYS",
     "Data",

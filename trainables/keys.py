@@ -25,3 +25,14 @@ RECORD_KEYS = (
     "val_examples",  # validation examples of the trial (0: none), to state margins in examples
     *MEASURE_KEYS,
 )  # fmt: skip
+# One row per measured linearisation point (trainables.stability, results/phases/): the step t
+# after which θ_s ← θ_t (the new phase trains from step t + 1), 0 for the initial θ_s = θ₀.
+PHASE_KEYS = (
+    "step",  # steps trained when θ_s ← θ; 0: the initial linearisation point
+    "feature_updates",  # which update this is (0: the initial point)
+    "sharpness",  # λ_max of the Gauss-Newton matrix at the new θ_s, on the stability batch
+    "lr_sharpness",  # lr·sharpness/(1 + momentum); NaN for Adam and Gauss-Newton
+    "lin_gap",  # loss_after − loss_before; NaN at the initial point and for plain and GN
+    "loss_before",  # the old linear model's loss at θ, just before the update (NaN: none)
+    "loss_after",  # the network's loss at θ just after it: the new linear model's at θ_s
+)

@@ -236,7 +236,7 @@ class Trial:
         )
 
     def take_phase_rows(self) -> list[dict[str, Any]]:
-        """The stability measures' rows made since the last call (stability.PHASE_ROW_KEYS),
+        """The stability measures' rows made since the last call (keys.PHASE_KEYS),
         oldest first. Called after each yielded record, they are that record's and earlier."""
         return self.state.stability.take_rows()
 

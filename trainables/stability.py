@@ -32,6 +32,7 @@ from torch.func import functional_call, jvp, vjp
 
 from trainables.data import Data
 from trainables.jacobian import Params, flatten, unflatten
+from trainables.keys import PHASE_KEYS
 from trainables.linearise import chain_linearisation, linearised_predict, loss_fn, output_hessian_vp
 
 # Lanczos stops once the residual bound of its top Ritz value θ, |β·s_last|, is at most
@@ -234,17 +235,6 @@ def measure_due(step: int, last_measured: int, interval: int) -> bool:
 
 
 # ---- what a trial keeps --------------------------------------------------------------------
-PHASE_ROW_KEYS = (
-    "step",  # steps trained when θ_s ← θ (the new phase trains from step + 1); 0: the initial θ_s
-    "feature_updates",  # the update this row is (0: the initial linearisation point)
-    "sharpness",  # λ_max of G at the new θ_s on the stability batch
-    "lr_sharpness",  # lr·λ_max/(1 + momentum); NaN for Adam and Gauss-Newton
-    "lin_gap",  # loss_after − loss_before; NaN at the initial point and for plain and GN
-    "loss_before",  # the old linear model's loss at θ, just before the update (NaN: none)
-    "loss_after",  # the network's loss at θ, just after it (the new linear model's at θ_s)
-)
-
-
 @dataclass
 class StabilityState:
     """A trial's stability measures between records (part of its state)."""
@@ -263,7 +253,7 @@ class StabilityState:
         value = row["lr_sharpness"]
         if not math.isnan(value) and not self.lr_sharpness_max >= value:  # NaN max: none yet
             self.lr_sharpness_max = value
-        self.rows.append({key: row[key] for key in PHASE_ROW_KEYS})
+        self.rows.append({key: row[key] for key in PHASE_KEYS})
 
     def record(self) -> dict[str, float]:
         """The record's stability keys; the running maximum starts again after it."""
