@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import adaptive_k, cold_start, gn_solvers, measure_cost, step_cost
+from benchmarks import adaptive_k, cold_start, gn_solvers, measure_cost, stability_cost, step_cost
 
 SMOKE = {
     "step_cost": step_cost.main,
     "gn_solvers": gn_solvers.main,
     "measure_cost": measure_cost.main,
+    "stability_cost": stability_cost.main,
     "cold_start": cold_start.main,
     "adaptive_k": adaptive_k.main,
 }

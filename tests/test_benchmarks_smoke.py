@@ -24,6 +24,10 @@ CPU_BENCHMARKS = {
         "crossover mlp",
     ],
     "measure_cost": ["ratio measures' cost / training time"],
+    "stability_cost": [
+        "ratio λ_max on a probe twice as large / on the probe",
+        "ratio stability measures' cost / the trial without them",
+    ],
     "cold_start": [
         "ratio fresh process (start to exit) / the same trial warm",
         "heavy modules the fresh process imported:",
@@ -40,7 +44,7 @@ def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 
 
 def test_every_cpu_benchmark_runs_its_smoke_mode_and_prints_its_ratios():
-    """All five in one interpreter (python -m benchmarks): one torch import, seconds."""
+    """All of them in one interpreter (python -m benchmarks): one torch import, seconds."""
     done = _run("-m", "benchmarks")
     out = done.stdout
     assert done.returncode == 0, out[-2000:] + done.stderr[-3000:]

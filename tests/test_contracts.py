@@ -18,7 +18,17 @@ import pytest
 
 from study import ray_internals
 from study.errors import StudyError
-from study.results import LAYOUT_KEY, METRICS_SCHEMA, TRIALS_SCHEMA, Role, Status, roles
+from study.results import (
+    LAYOUT_KEY,
+    LAYOUT_VERSION,
+    METRICS_SCHEMA,
+    PHASES_SCHEMA,
+    TABLE_KEY,
+    TRIALS_SCHEMA,
+    Role,
+    Status,
+    roles,
+)
 from tests.oracles import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,14 +70,36 @@ def test_a_real_record_has_exactly_the_schemas_metric_and_measure_fields():
         assert set(record) == layout
 
 
+def test_a_real_phase_row_has_exactly_the_phases_schemas_metric_and_measure_fields():
+    from trainables import Trial
+
+    trial = Trial(tiny_config(total_steps=20, eval_every=10, k=5))
+    list(trial.records())
+    rows = trial.take_phase_rows()
+    layout = {n for n, r in roles(PHASES_SCHEMA).items() if r in (Role.METRIC, Role.MEASURE)}
+    assert [r["step"] for r in rows] == [0, 10]  # the initial point, then one per window of 10
+    for row in rows:
+        assert set(row) == layout
+    assert PHASES_SCHEMA.metadata[TABLE_KEY] == b"phases"
+    assert {roles(PHASES_SCHEMA)[n] for n in ("step", "feature_updates")} == {Role.METRIC}
+    # a phase row belongs to a trial and a config as a metrics row does
+    metrics_rest = [
+        n for n, r in roles(METRICS_SCHEMA).items() if r not in (Role.METRIC, Role.MEASURE)
+    ]
+    assert [
+        n for n, r in roles(PHASES_SCHEMA).items() if r not in (Role.METRIC, Role.MEASURE)
+    ] == metrics_rest
+
+
 def test_the_reader_knows_the_writers_statuses_and_roles():
     from reports import _schema
 
     assert [s.value for s in _schema.Status] == [s.value for s in Status]
     assert set(_schema.KNOWN_ROLES) == {r.value for r in Role}
     assert (_schema.ROLE_KEY, _schema.LAYOUT_KEY) == (b"role", LAYOUT_KEY)
-    for schema in (METRICS_SCHEMA, TRIALS_SCHEMA):
+    for schema in (METRICS_SCHEMA, PHASES_SCHEMA, TRIALS_SCHEMA):
         assert all(roles(schema).values())  # every field states its role
+        assert schema.metadata[LAYOUT_KEY] == LAYOUT_VERSION.encode()
 
 
 # ---- a real study, read back ---------------------------------------------------------------
@@ -92,7 +124,7 @@ def test_reports_reads_every_role_of_a_real_study(smoke_results: Path):
     files = sorted((smoke_results / "metrics").glob("*.parquet"))
     assert files
     for file in [*files, smoke_results / "trials.parquet"]:
-        assert pq.read_schema(file).metadata[LAYOUT_KEY] == b"1"
+        assert pq.read_schema(file).metadata[LAYOUT_KEY] == LAYOUT_VERSION.encode()
     data = read_studies(smoke_results.parent)
     written = {**roles(METRICS_SCHEMA), **roles(TRIALS_SCHEMA)}
     for frame in (data.metrics, data.trials):
@@ -103,6 +135,76 @@ def test_reports_reads_every_role_of_a_real_study(smoke_results: Path):
     assert set(TRIALS_SCHEMA.names) <= set(data.trials.columns)
     assert set(data.trials["status"]) == {Status.TERMINATED}
     assert reports.load_trials(smoke_results.parent)["usable"].all()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_every_trial_of_a_real_study_writes_its_phases(smoke_results: Path):
+    """Through the real adapter: one file per trial beside its metrics file, the layout's
+    schema, rows unique per step from the initial point on, lin_gap at every update."""
+    import pandas as pd
+
+    metrics = sorted(p.name for p in (smoke_results / "metrics").glob("*.parquet"))
+    phases_dir = smoke_results / "phases"
+    assert sorted(p.name for p in phases_dir.glob("*.parquet")) == metrics
+    assert not list(phases_dir.glob(".*"))  # no temporary files left behind
+    for file in phases_dir.glob("*.parquet"):
+        schema = pq.read_schema(file)
+        assert schema.names == PHASES_SCHEMA.names and roles(schema) == roles(PHASES_SCHEMA)
+        assert schema.metadata[TABLE_KEY] == b"phases"
+    phases = pd.read_parquet(phases_dir)
+    assert not phases.duplicated(["trial_id", "step"]).any()
+    assert (phases.groupby("trial_id")["step"].min() == 0).all()
+    assert phases["sharpness"].gt(0).all() and phases["lr_sharpness"].notna().all()
+    updates = phases[phases["feature_updates"] > 0]
+    assert updates["lin_gap"].notna().all()
+    assert sorted(updates["k"].unique()) == [1.0, 4.0, 16.0]  # K=∞ has the initial point only
+    assert (phases[phases["k"] == float("inf")]["step"] == 0).all()
+    recorded = pd.read_parquet(smoke_results / "metrics")
+    assert recorded["sharpness"].notna().all() and (recorded["val_examples"] > 0).all()
+
+
+def test_resume_rewrites_a_finished_trials_phases_from_its_checkpoint_and_skips_older_ones(
+    tmp_path: Path,
+):
+    """verify_finished: a missing phases file comes back from the checkpoint; a checkpoint made
+    before the phases table (no phases.parquet) leaves none and is no error."""
+    from study.results import (
+        METRICS_SCHEMA,
+        config_columns,
+        metric_columns,
+        phase_columns,
+        phases_file,
+        table,
+    )
+    from study.storage import StudyPaths, resolve_storage
+    from study.trainable import PHASES_FILE, ROWS_FILE
+    from study.verify import verify_finished
+    from trainables import Trial
+
+    paths = StudyPaths(resolve_storage(str(tmp_path)), "s")
+    trial = Trial(tiny_config(k=5))
+    fixed = {"study": "s", **config_columns(trial.cfg)}
+    rows, phase_rows = [], []
+    for record in trial.records():
+        rows.append({**fixed, "trial_id": "a", **metric_columns(record)})
+        phase_rows += [
+            {**fixed, "trial_id": "a", **phase_columns(p)} for p in trial.take_phase_rows()
+        ]
+    for trial_id, with_phases in (("a", True), ("old", False)):
+        checkpoint = Path(paths.experiment) / f"trial_{trial_id}" / "checkpoint_000000"
+        checkpoint.mkdir(parents=True)
+        mine = [{**r, "trial_id": trial_id} for r in rows]
+        pq.write_table(table(mine, METRICS_SCHEMA), checkpoint / ROWS_FILE)
+        if with_phases:
+            pq.write_table(table(phase_rows, PHASES_SCHEMA), checkpoint / PHASES_FILE)
+    rewritten, lost = verify_finished(paths, {"a": "trial_a", "old": "trial_old"})
+    phases_a = phases_file(paths.results, "a")
+    assert lost == [] and phases_a in rewritten
+    assert not Path(phases_file(paths.results, "old")).exists()
+    back = pq.read_table(phases_a)
+    assert back.schema == PHASES_SCHEMA and back.column("step").to_pylist() == [0, 10, 20]
+    assert verify_finished(paths, {"a": "trial_a", "old": "trial_old"}) == ([], [])
 
 
 # ---- statuses the writer derives ----------------------------------------------------------

@@ -15,7 +15,8 @@ phase whose θ_s lies in a sharp region diverges within the phase; a network can
   model it replaces (linearised at the old θ_s): how far the linear model drifted from the net.
 
 The trial loop measures them on :func:`stability_batch`, a fixed batch of training examples at
-least as large as a training batch (a smaller one overstates the curvature a step sees).
+least as large as a training batch (a smaller one would overstate, on average, the curvature a
+step sees).
 """
 
 from __future__ import annotations
@@ -216,8 +217,9 @@ def stability_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed training examples the stability measures use: max(probe_size, batch_size) of
     them (all when batch_size=0 or when that is at least the training set), drawn once from the
-    trial's seed by a generator of their own. At least a training batch, because the top
-    eigenvalue of a smaller sample's G overstates the curvature a training step sees."""
+    trial's seed by a generator of their own. At least a training batch: λ_max is convex, so
+    a sample's top eigenvalue is biased upward the more the smaller the sample, and a probe
+    smaller than a batch would overstate the curvature a training step sees."""
     n = len(data.y_train)
     size = max(probe_size, batch_size)
     if batch_size == 0 or size >= n:
