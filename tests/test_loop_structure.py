@@ -159,3 +159,24 @@ def test_the_probe_kernel_is_computed_once_per_linearisation_point():
     assert all(r["kernel_distance_init"] == 0.0 for r in records)  # K(θ_s) never moved
     kernels = trial.state.kernels
     assert kernels.K0 is kernels.prev is kernels.cache[1] and kernels.cache[0] == 0
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_the_stability_measures_leave_training_exactly_as_it_was(name):
+    """Measured at every linearisation point, or not at all: the same records bit for bit
+    (but the stability keys), the same parameters, the same optimiser state."""
+    cfg = tiny_config(probe_size=6, measure_every=1, **TRAINERS[name])
+    measured, unmeasured = Trial(cfg), Trial(cfg, stability=False)
+    with_rows, without = _clean(list(measured.records())), _clean(list(unmeasured.records()))
+    rows = (
+        measured.take_phase_rows()
+    )  # every point, measure_every=1: the initial one and each update
+    assert len(rows) == with_rows[-1]["feature_updates"] + 1 and unmeasured.take_phase_rows() == []
+    stability = {"sharpness", "lr_sharpness", "lr_sharpness_max", "lin_gap"}
+    assert all(not math.isnan(r["sharpness"]) for r in with_rows)
+    assert all(math.isnan(r[key]) for r in without for key in stability)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in stability} for r in rs]  # noqa: E731
+    assert _same(strip(with_rows), strip(without))
+    end, want = measured.state_dict(), unmeasured.state_dict()
+    for key in ("theta", "theta_s", "optimizer", "solver_memory", "kernels", "phase"):
+        assert _same(end[key], want[key]), key
