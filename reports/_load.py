@@ -222,11 +222,12 @@ def _trial_table(
         if not has_rows.all():
             table = _concat([table, reported.loc[~has_rows]])
     table["n_rows"] = table["n_rows"].fillna(0).astype("int64")
-    states = [_status(row) for row in table.to_dict("records")]
+    records = table.to_dict("records")  # the stated status, before the rules below label it
+    states = [_status(row) for row in records]
     table["status"] = [str(s) for s, _ in states]
     table["exclusion"] = [e for _, e in states]
     table["divergence"] = [divergence_reason(r) if e == "diverged" else ""
-                           for r, (_, e) in zip(table.to_dict("records"), states, strict=True)]  # fmt: skip
+                           for r, (_, e) in zip(records, states, strict=True)]  # fmt: skip
     table = with_roles(table.sort_values(keys, ignore_index=True), {**roles, **DERIVED_ROLES})
     table = _mark_duplicates(table)
     table = with_gaps(table)

@@ -16,7 +16,7 @@ import pytest
 
 import reports
 from reports._style import FLOOR_STEP, FLOOR_Y
-from tests.report_data import INF, Spec, Truth, make_study
+from tests.report_data import INF, Spec, Truth, make_study, rewrite
 
 KS = (1, 2, 5, 10, 20, 40, 100, INF)
 
@@ -238,8 +238,10 @@ def test_every_figure_marks_the_diverged(tmp_path: Path, monkeypatch):
     def keep(name):
         def save(fig, *args, **kwargs):
             texts = _legend_texts(fig) + [t.get_text() for ax in fig.axes for t in ax.texts]
-            seen[name] = [*texts, fig._suptitle.get_text() if fig._suptitle else ""]
-            seen[name + "_floor"] = [_floor_markers(fig)]
+            seen.setdefault(name, []).extend([*texts, fig._suptitle.get_text()
+                                              if fig._suptitle else ""])  # fmt: skip
+            floor = seen.setdefault(name + "_floor", [0])
+            floor[0] += _floor_markers(fig)  # over every page
             plt.close(fig)
             return []
 
@@ -251,6 +253,186 @@ def test_every_figure_marks_the_diverged(tmp_path: Path, monkeypatch):
     reports.plot_training_curves(data.metrics, data.trials, tmp_path / "c")
     reports.plot_phase_diagram(data.trials, tmp_path / "p")
     reports.plot_measure(data.trials, tmp_path / "m")
-    assert any("diverged trial (2)" in t for t in seen["curves"]) and seen["curves_floor"] == [2]
+    assert any("diverged (2)" in t for t in seen["curves"]) and seen["curves_floor"] == [2]
     assert "✕2" in seen["phase"] and any("2 in all" in t for t in seen["phase"])
     assert any("(2 diverged)" in t for t in seen["measure"]) and seen["measure_floor"] == [2]
+
+
+# ---- outcomes as they happened (issue 20) ------------------------------------------------
+def _bend(study: Path, trial: str, change) -> None:
+    """Rewrite one trial's train_loss in its rows and in trials.parquet (status kept)."""
+
+    def apply(frame: pd.DataFrame) -> pd.DataFrame:
+        mine = frame["trial_id"] == trial
+        if not mine.any():
+            return frame
+        rows = frame.loc[mine]
+        if "step" not in rows:  # trials.parquet: the trial's last record, at step T
+            rows = rows.assign(step=rows["total_steps"])
+        frame.loc[mine, "train_loss"] = change(rows)
+        return frame
+
+    rewrite(study, apply)
+
+
+def test_a_trial_that_ends_above_its_initial_loss_is_diverged_whatever_its_status(
+    tmp_path: Path,
+):
+    from reports._load import ABOVE_INITIAL
+
+    study = make_study(tmp_path, Spec(study="blow", ks=(1, 10, INF), seeds=(0, 1), plain=(),
+                                      probe=False))  # fmt: skip
+    trials = reports.load_trials(study)
+    up, spike = trials["trial_id"].iloc[2], trials["trial_id"].iloc[3]
+    first = float(reports.load(study).query("trial_id == @up and step == 0")["train_loss"].iloc[0])
+    # a blow-up that ends at 43 × the initial loss: below the trainer's 100× divergence rule
+    _bend(study, up, lambda rows: np.where(rows["step"] == 1000, 43 * first,
+                                           rows["train_loss"]))  # fmt: skip
+    # a spike to 3 × the initial loss half way, then recovered
+    _bend(study, spike, lambda rows: np.where(rows["step"] == 500, 3 * rows["train_loss"].iloc[0],
+                                              rows["train_loss"]))  # fmt: skip
+    assert (pd.read_parquet(study / "results" / "trials.parquet")["status"] == "TERMINATED").all()
+    trials = reports.load_trials(study).set_index("trial_id")
+    assert trials.loc[up, "status"] == "DIVERGED" and trials.loc[up, "exclusion"] == "diverged"
+    assert trials.loc[up, "divergence"] == ABOVE_INITIAL
+    assert trials.loc[up, "peak_loss_ratio"] == pytest.approx(43.0)
+    assert trials.loc[spike, "status"] == "TERMINATED" and trials.loc[spike, "usable"]
+    assert trials.loc[spike, "peak_loss_ratio"] == pytest.approx(3.0)  # computed from the rows
+    others = trials.drop([up, spike])
+    assert (others["status"] == "TERMINATED").all() and (others["peak_loss_ratio"] == 1.0).all()
+    text = reports.write_report(study, tmp_path / "out", n_boot=0).summary.read_text()
+    assert "Outcome rule:" in text and "1 trial counted as diverged by this rule" in text
+    assert "1 finished trial had a training-loss spike" in text
+
+
+def test_a_recorded_peak_loss_ratio_is_kept_as_the_trainer_wrote_it(tmp_path: Path):
+    study = make_study(tmp_path, Spec(study="peak", ks=(1, INF), seeds=(0,), plain=(),
+                                      probe=False, peak=True, diverged=1))  # fmt: skip
+    rewrite(study, lambda f: f.assign(peak_loss_ratio=np.where(
+        f["trial_id"] == "peak_00000", 7.5, f["peak_loss_ratio"])))  # fmt: skip
+    trials = reports.load_trials(study).set_index("trial_id")
+    assert trials.loc["peak_00000", "peak_loss_ratio"] == 7.5  # the file's, not recomputed
+    assert trials.loc["peak_00000", "usable"]  # a spike it recovered from: finished
+    lost = trials[trials["exclusion"] == "diverged"]
+    assert len(lost) == 1 and np.isinf(lost["peak_loss_ratio"]).all()
+    assert lost["divergence"].tolist() == ["flagged"]
+
+
+# ---- thresholds inside the data ----------------------------------------------------------
+def test_a_bound_past_the_data_is_censored_with_a_flag():
+    from reports._fit import censor
+
+    row = {"n_min": 1.0, "n_max": 30.0, "n50": 5.0, "n50_lo": 1.14, "n50_hi": 51.5,
+           "n90": 45.0, "n90_lo": 12.0, "n90_hi": 80.0, "reason": ""}  # fmt: skip
+    out = censor(row)
+    assert "n50" not in out and "n50_lo" not in out  # inside: kept as they are
+    assert math.isnan(out["n50_hi"]) and out["n50_hi_flag"] == "> N_max"
+    assert math.isnan(out["n90"]) and out["n90_flag"] == "> N_max"
+    assert math.isnan(out["n90_hi"]) and out["n90_lo_flag"] == ""
+    assert "N₉₀ lies above the sampled N range [1, 30]" in out["reason"]
+    below = censor({"n_min": 1.0, "n_max": 30.0, "n50": 0.4, "n50_lo": 0.1, "n50_hi": 2.0})
+    assert below["n50_flag"] == "< N_min" and below["n50_lo_flag"] == "< N_min"
+    assert "starts below one feature update" in below["reason"]
+
+
+@pytest.fixture(scope="module")
+def late(tmp_path_factory) -> Path:
+    """N sampled in [1, 30] (the default study's K), the transition at N₅₀ = 20: N₉₀ = 180
+    lies beyond the data."""
+    truth = Truth(n50=20.0, slope=1.0, a_inf=0.80, a_1=0.95, noise=0.003)
+    return make_study(tmp_path_factory.mktemp("late"),
+                      Spec(study="late", truth=truth, ks=(1, 33, 62, 125, 200, 333, 500, INF),
+                           seeds=(0, 1, 2, 3, 4), plain=(), probe=False))  # fmt: skip
+
+
+def test_thresholds_beyond_the_sampled_range_are_flags_not_numbers(late: Path, tmp_path: Path):
+    from reports._fit import FLAGS
+
+    fit = reports.fit_feature_updates(reports.load_trials(late), n_boot=100, seed=2).iloc[0]
+    assert fit["fit_ok"], fit["reason"]
+    assert (fit["n_min"], fit["n_max"]) == (1.0, 30.0)
+    assert fit["n90_flag"] == "> N_max" and math.isnan(fit["n90"])
+    for name in ("n50", "n90"):
+        for side in ("", "_lo", "_hi"):
+            value, flag = fit[f"{name}{side}"], fit[f"{name}{side}_flag"]
+            if np.isfinite(value):  # no finite threshold or bound outside the data
+                assert 1.0 <= value <= 30.0 and flag == "", (name, side, value)
+            elif flag:
+                assert flag in ("< N_min", "> N_max")
+    assert any(fit[f] for f in FLAGS)
+    reports.write_report(late, tmp_path / "out", n_boot=40)
+    csv = pd.read_csv(tmp_path / "out" / "fits.csv", keep_default_na=False)
+    assert {"n_min", "n_max", *FLAGS} <= set(csv.columns)
+    assert csv["n90_flag"].iloc[0] == "> N_max" and csv["n90"].iloc[0] == ""
+
+
+def test_a_censored_threshold_is_an_arrow_and_a_rejected_fit_draws_none(late: Path, tmp_path):
+    from matplotlib.text import Annotation
+
+    from reports._groups import groups
+    from reports._plot_updates import THRESHOLD_GID, _draw
+
+    def thresholds(fig) -> tuple[int, int]:
+        found = fig.findobj(lambda a: a.get_gid() == THRESHOLD_GID)
+        return len(found), sum(isinstance(a, Annotation) for a in found)
+
+    trials = reports.load_trials(late)
+    fits = reports.fit_feature_updates(trials, n_boot=40, seed=2)
+    fig = _draw(groups(trials, "linearised"), trials, fits)
+    drawn, arrows = thresholds(fig)
+    assert drawn > 0 and arrows >= 1  # N₉₀ beyond the data: an arrow at N = 30
+    texts = _legend_texts(fig)
+    assert any("N₉₀ > 30" in t for t in texts), texts
+    plt.close(fig)
+    inside = (trials["k"] > 1) & np.isfinite(trials["k"])
+    rng = np.random.default_rng(3)  # accuracy no longer depends on N: the fit is rejected
+    trials.loc[inside, "test_acc"] = rng.permutation(trials.loc[inside, "test_acc"].to_numpy())
+    fits = reports.fit_feature_updates(trials, n_boot=0)
+    assert not fits["fit_ok"].iloc[0]
+    fig = _draw(groups(trials, "linearised"), trials, fits)
+    assert thresholds(fig) == (0, 0)  # no threshold of any kind
+    assert any("no fit" in t and "raw means, no threshold" in t for t in _legend_texts(fig))
+    means = fig.axes[0].get_lines()
+    # the raw means joined, N = 1 … 30 and K=1 at N = T − 1
+    assert any(ln.get_linestyle() == "-" and len(ln.get_xdata()) == 7 for ln in means)
+    plt.close(fig)
+
+
+# ---- every count in a legend equals the count in the tables ------------------------------
+def test_training_curve_legends_count_what_the_tables_count(tmp_path: Path, monkeypatch):
+    import re
+
+    from reports import _plot_curves
+    from reports._summary import outcome_counts
+
+    study = make_study(tmp_path, Spec(study="counts", ks=(1, 10, 100, INF), seeds=(0, 1, 2),
+                                      plain=("sgd",), probe=False, running=2, diverged=3,
+                                      stopped=2, errored=1, lrs=(0.05, 0.4),
+                                      diverge_at={"lr": 0.9}))  # fmt: skip
+    data = reports._load.read_studies(study)
+    pages: list[dict] = []
+
+    def keep(fig, *args, **kwargs):
+        counts: dict[str, int] = {}
+        for text in _legend_texts(fig):
+            m = re.match(r"(finished|running|diverged|stopped by the scheduler) \((\d+)\)", text)
+            if m:
+                counts[m.group(1)] = int(m.group(2))
+        panels = [ax for ax in fig.axes if ax.get_visible()]
+        pages.append({"counts": counts, "panels": len(panels), "floor": _floor_markers(fig)})
+        plt.close(fig)
+        return []
+
+    monkeypatch.setattr(_plot_curves, "save", keep)
+    reports.plot_training_curves(data.metrics, data.trials, tmp_path / "c")
+    table = outcome_counts(data.trials).set_index("trainer").loc["linearised"]
+    total = {k: sum(p["counts"].get(k, 0) for p in pages) for k in ("finished", "running",
+                                                                     "diverged")}  # fmt: skip
+    total["stopped by the scheduler"] = sum(p["counts"].get("stopped by the scheduler", 0)
+                                            for p in pages)  # fmt: skip
+    assert total == {k: int(table[k]) for k in total}, (total, table)
+    assert total["diverged"] == 3 and total["stopped by the scheduler"] == 2
+    # the diverged lr (0.9) had no finished trial at all: it still has its page, a panel per K
+    assert len(pages) == 3 and sum(p["floor"] for p in pages) == 3 + 2
+    # lr 0.05: K = 1, 10, 100, ∞ and 3 (the stopped); lr 0.4: four K; lr 0.9: K = 3 alone
+    assert [p["panels"] for p in pages] == [5, 4, 1]
