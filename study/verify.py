@@ -24,15 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from study.ray_internals import CHECKPOINT_PREFIX
-from study.results import (
-    FINISHED,
-    METRICS_SCHEMA,
-    PHASES_SCHEMA,
-    metrics_file,
-    phases_file,
-    table,
-    unique_by_step,
-)
+from study.results import FINISHED, metrics_file, phases_file, unique_by_step
 from study.storage import StudyPaths, write_parquet_atomic
 from study.trainable import PHASES_FILE, ROWS_FILE
 
@@ -57,6 +49,12 @@ def checkpoint_rows(fs: pafs.FileSystem, trial_dir: str) -> pa.Table | None:
     return None if best is None else best[0]
 
 
+def _unique(rows: pa.Table) -> pa.Table:
+    """The rows unique per step, in the checkpoint's own layout: a trial checkpointed by an
+    older ilstudy keeps its columns, so its file is neither rewritten nor changed on resume."""
+    return pa.Table.from_pylist(unique_by_step(rows.to_pylist()), schema=rows.schema)
+
+
 def _best_checkpoint(fs: pafs.FileSystem, trial_dir: str) -> tuple[pa.Table, str] | None:
     """(metrics rows unique per step, folder) of the checkpoint with the most steps."""
     try:
@@ -71,7 +69,7 @@ def _best_checkpoint(fs: pafs.FileSystem, trial_dir: str) -> tuple[pa.Table, str
         rows = _read_table(fs, str(PurePosixPath(info.path, ROWS_FILE)))
         if rows is None or "step" not in rows.column_names:
             continue
-        rows = table(unique_by_step(rows.to_pylist()), METRICS_SCHEMA)
+        rows = _unique(rows)
         if best is None or rows.num_rows > best[0].num_rows:
             best = (rows, info.path)
     return best
@@ -82,7 +80,7 @@ def _checkpoint_phases(fs: pafs.FileSystem, folder: str) -> pa.Table | None:
     phases = _read_table(fs, str(PurePosixPath(folder, PHASES_FILE)))
     if phases is None or "step" not in phases.column_names:
         return None
-    return table(unique_by_step(phases.to_pylist()), PHASES_SCHEMA)
+    return _unique(phases)
 
 
 def _same_rows(stored: pa.Table | None, saved: pa.Table) -> bool:

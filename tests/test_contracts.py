@@ -173,6 +173,7 @@ def test_resume_rewrites_a_finished_trials_phases_from_its_checkpoint_and_skips_
         METRICS_SCHEMA,
         config_columns,
         metric_columns,
+        metrics_file,
         phase_columns,
         phases_file,
         table,
@@ -198,10 +199,25 @@ def test_resume_rewrites_a_finished_trials_phases_from_its_checkpoint_and_skips_
         pq.write_table(table(mine, METRICS_SCHEMA), checkpoint / ROWS_FILE)
         if with_phases:
             pq.write_table(table(phase_rows, PHASES_SCHEMA), checkpoint / PHASES_FILE)
+    # the old trial's file, as an ilstudy before the new columns wrote it: matches its checkpoint
+    old = pq.read_table(Path(paths.experiment) / "trial_old" / "checkpoint_000000" / ROWS_FILE)
+    old = old.drop_columns(["sharpness", "lin_gap", "peak_loss_ratio", "val_examples"])
+    old = old.replace_schema_metadata({**old.schema.metadata, LAYOUT_KEY: b"1"})
+    pq.write_table(old, Path(paths.experiment) / "trial_old" / "checkpoint_000000" / ROWS_FILE)
+    Path(metrics_file(paths.results, "old")).parent.mkdir(parents=True)
+    pq.write_table(old, metrics_file(paths.results, "old"))
+    old_bytes = Path(metrics_file(paths.results, "old")).read_bytes()
     rewritten, lost = verify_finished(paths, {"a": "trial_a", "old": "trial_old"})
     phases_a = phases_file(paths.results, "a")
-    assert lost == [] and phases_a in rewritten
+    assert lost == [] and rewritten == [phases_a, metrics_file(paths.results, "a")]
     assert not Path(phases_file(paths.results, "old")).exists()
+    assert Path(metrics_file(paths.results, "old")).read_bytes() == old_bytes  # left as it was
+    # a damaged old file comes back in its own layout, not today's
+    Path(metrics_file(paths.results, "old")).write_bytes(b"not parquet")
+    assert verify_finished(paths, {"old": "trial_old"})[0] == [metrics_file(paths.results, "old")]
+    back_old = pq.read_table(metrics_file(paths.results, "old"))
+    assert back_old.schema == old.schema and back_old.schema.metadata[LAYOUT_KEY] == b"1"
+    assert back_old.to_pandas().equals(old.to_pandas())
     back = pq.read_table(phases_a)
     assert back.schema == PHASES_SCHEMA and back.column("step").to_pylist() == [0, 10, 20]
     assert verify_finished(paths, {"a": "trial_a", "old": "trial_old"}) == ([], [])

@@ -22,6 +22,7 @@ step sees).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -92,19 +93,21 @@ def top_eigenvalue(
     invariant (θ is then exact), or after max_iter products (θ is then a lower bound).
     NaN when a product is not finite.
     """
-    q = start_P / start_P.norm()
-    basis = [q]
+    steps = min(max_iter, start_P.numel())
+    # the Lanczos vectors as rows, allocated once: rows not reached are never touched
+    basis = torch.empty(steps, start_P.numel(), dtype=start_P.dtype, device=start_P.device)
+    q = basis[0] = start_P / start_P.norm()
     alphas: list[float] = []
     betas: list[float] = []
     q_prev, beta = torch.zeros_like(q), 0.0
     top = math.nan
-    for _ in range(min(max_iter, q.numel())):
+    for j in range(steps):
         w = matvec(q) - beta * q_prev
         alpha = float(torch.dot(w, q))
         if not math.isfinite(alpha):
             return math.nan
         alphas.append(alpha)
-        Q = torch.stack(basis)
+        Q = basis[: j + 1]
         for _ in range(2):  # twice is enough (Parlett's "twice is enough") in floating point
             w = w - Q.T @ (Q @ w)
         beta = float(w.norm())
@@ -121,8 +124,10 @@ def top_eigenvalue(
         if residual <= rtol * abs(top) or beta <= 1e3 * torch.finfo(w.dtype).eps * scale:
             return top
         betas.append(beta)
+        if j + 1 == steps:
+            break
         q_prev, q = q, w / beta
-        basis.append(q)
+        basis[j + 1] = q
     return top
 
 
@@ -152,9 +157,16 @@ def sharpness(
         if not bool(torch.isfinite(out_BxC).all()):
             return math.nan
         P = sum(p.numel() for p in params.values())
-        g = torch.Generator().manual_seed(SHARPNESS_SEED)
-        start = torch.randn(P, generator=g, dtype=torch.float64).to(out_BxC.device, out_BxC.dtype)
+        start = _start_vector(P, out_BxC.dtype, out_BxC.device)
         return top_eigenvalue(ggn, start, rtol, max_iter)
+
+
+@functools.lru_cache(maxsize=4)
+def _start_vector(P: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Lanczos's start: a fixed random direction from SHARPNESS_SEED (the same at every
+    measure of a trial, and never read from or written to any other generator)."""
+    g = torch.Generator().manual_seed(SHARPNESS_SEED)
+    return torch.randn(P, generator=g, dtype=torch.float64).to(device, dtype)
 
 
 def lr_sharpness(
