@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import json
 import math
 import sys
@@ -22,13 +21,12 @@ from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from study.errors import StudyError
 from study.lock import LOCK_FILE, describe, is_live, lock_path, read_holder
 from study.results import FINISHED, Status
 from study.spec import StudySpec
-from study.storage import StudyPaths, check_name, read_json, resolve_storage
+from study.storage import StudyPaths, check_name, read_json, read_parquet, resolve_storage
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 # FINISHED: done for good; STOPPED ends early by design.
@@ -114,10 +112,8 @@ def _read_spec(paths: StudyPaths, lock: Mapping[str, Any]) -> StudySpec | None:
 
 def _read_table(fs: pafs.FileSystem, path: str, shown: str, columns: Sequence[str]) -> pa.Table:
     try:
-        with fs.open_input_file(path) as f:
-            data = f.read()
-        schema = pq.read_schema(io.BytesIO(data))
-        return pq.read_table(io.BytesIO(data), columns=[c for c in columns if c in schema.names])
+        table = read_parquet(fs, path)
+        return table.select([c for c in columns if c in table.column_names])
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise StudyError(f"{shown} is unreadable ({_first(exc)})") from None
 

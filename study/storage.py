@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
@@ -241,9 +240,24 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 
 def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
     """Write a Parquet file atomically (see `write_bytes_atomic`)."""
-    buffer = io.BytesIO()
+    buffer = pa.BufferOutputStream()  # Arrow-owned memory: see read_parquet
     pq.write_table(table, buffer)
     write_bytes_atomic(fs, path, buffer.getvalue())
+
+
+def read_parquet(fs: pafs.FileSystem, path: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """The Parquet file at `path` (only `columns`, when given), read whole into Arrow-owned
+    memory. Raises OSError or pa.ArrowException when it is missing or damaged.
+
+    Never hand Arrow a Python object (`io.BytesIO`, `bytes`): its reader decodes on its own
+    thread pool, and a worker that drops the last reference to a Python-owned buffer must take
+    the GIL to free it. If that happens while the interpreter is finalising, the worker is
+    ended inside a C++ destructor and the process aborts ("terminate called without an active
+    exception", SIGABRT) after its work is done. Arrow's own buffers are freed without the GIL.
+    """
+    with fs.open_input_file(path) as f:
+        data = f.read_buffer()
+    return pq.read_table(pa.BufferReader(data), columns=None if columns is None else list(columns))
 
 
 def write_json_atomic(fs: pafs.FileSystem, path: str, payload: dict[str, Any]) -> None:
@@ -331,8 +345,7 @@ def read_trials(paths: StudyPaths, columns: list[str]) -> dict[str, list[Any]]:
     if fs.get_file_info(paths.trials).type == pafs.FileType.NotFound:
         return {c: [] for c in columns}
     try:
-        with fs.open_input_file(paths.trials) as f:
-            return pq.read_table(io.BytesIO(f.read()), columns=columns).to_pydict()
+        return read_parquet(fs, paths.trials, columns).to_pydict()
     except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
         raise StudyError(
             f"cannot resume: {paths.display(paths.trials)} is unreadable ({_first_line(exc)}); "

@@ -16,16 +16,14 @@ not to the driver before `fit()`.
 
 from __future__ import annotations
 
-import io
 from pathlib import PurePosixPath
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from study.ray_internals import CHECKPOINT_PREFIX
 from study.results import FINISHED, metrics_file, phases_file, unique_by_step
-from study.storage import StudyPaths, write_parquet_atomic
+from study.storage import StudyPaths, read_parquet, write_parquet_atomic
 from study.trainable import PHASES_FILE, ROWS_FILE
 
 __all__ = ["FINISHED", "checkpoint_rows", "verify_finished"]
@@ -33,8 +31,7 @@ __all__ = ["FINISHED", "checkpoint_rows", "verify_finished"]
 
 def _read_table(fs: pafs.FileSystem, path: str) -> pa.Table | None:
     try:
-        with fs.open_input_file(path) as f:
-            return pq.read_table(io.BytesIO(f.read()))
+        return read_parquet(fs, path)
     except (OSError, pa.ArrowException, ValueError):
         return None
 

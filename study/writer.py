@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import platform
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import pyarrow.parquet as pq
 from ray.tune import Callback
 
 from study.ray_internals import stopped_by_tune, trial_storage
@@ -25,7 +23,7 @@ from study.results import (
     utc,
     write_trial_metrics,
 )
-from study.storage import remove_stale_tmp, results_dir, write_parquet_atomic
+from study.storage import read_parquet, remove_stale_tmp, results_dir, write_parquet_atomic
 from trainables import TrialConfig
 
 _PROVENANCE = ("attempt", "device", "node", "ilstudy_version", "torch_version")
@@ -153,8 +151,8 @@ class TrialsWriter(Callback):
         stored: list[dict[str, Any]] = []
         path = metrics_file(results, trial.trial_id)
         # Missing or unreadable: the reported rows alone.
-        with contextlib.suppress(Exception), fs.open_input_file(path) as f:
-            stored = pq.read_table(io.BytesIO(f.read())).to_pylist()
+        with contextlib.suppress(Exception):
+            stored = read_parquet(fs, path).to_pylist()
         have = {int(r["step"]) for r in stored}
         extra = [
             {

@@ -60,11 +60,12 @@ def test_a_finished_study_matches_its_parquet(smoke_storage: Path) -> None:
     assert view["steps"]["done"] == rows.groupby("trial_id")["step"].max().sum() == 160
     assert view["steps"]["total"] == trials["total_steps"].sum()
     last = rows.sort_values("step").groupby("trial_id").tail(1)
-    best = last.loc[last["test_acc"].idxmax()]  # the smoke space's metric, mode max
-    assert view["best"]["trial_id"] == best["trial_id"]
-    assert view["best"]["value"] == pytest.approx(best["test_acc"])
+    tops = last[last["val_acc"] == last["val_acc"].max()]  # the space's metric, mode max
+    assert view["best"]["trial_id"] in set(tops["trial_id"])  # a few hundred examples: ties
+    best = tops[tops["trial_id"] == view["best"]["trial_id"]].iloc[0]
+    assert view["best"]["value"] == pytest.approx(best["val_acc"])
     assert view["best"]["config"] == {"k": best["k"]}
-    assert view["best"]["metric"] == "test_acc" and view["best"]["test_metric"]
+    assert view["best"]["metric"] == "val_acc" and not view["best"]["test_metric"]
     assert view["lock"]["state"] == "none"
     newest = max(p.stat().st_mtime for p in (smoke_storage / "smoke").rglob("*") if p.is_file())
     assert pd.Timestamp(view["last_write"]["at"]).timestamp() == pytest.approx(newest, abs=1)
@@ -80,7 +81,7 @@ def test_a_study_in_progress_counts_what_its_files_hold(copy: Path) -> None:
     running, diverged, missing = ids[0], ids[1], ids[2]
     trials.loc[trials.trial_id == running, ["status", "step"]] = ["RUNNING", 20]
     trials.loc[trials.trial_id == diverged, ["status", "step"]] = ["DIVERGED", 20]
-    trials.loc[trials.trial_id == running, "test_acc"] = 0.99  # the best, at its furthest record
+    trials.loc[trials.trial_id == running, "val_acc"] = 0.99  # the best, at its furthest record
     trials = trials[trials.trial_id != missing]
     pq.write_table(table.from_pandas(trials, schema=table.schema, preserve_index=False),
                    results / "trials.parquet")  # fmt: skip
@@ -147,3 +148,49 @@ def test_the_command_imports_neither_ray_nor_torch(smoke_storage: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "[]"
     assert json.loads(done.stdout)["trials"]["finished"] == 4
+
+
+# ---- clean exits -----------------------------------------------------------------------
+def test_no_parquet_reader_hands_arrow_a_python_buffer() -> None:
+    """An Arrow worker that frees a Python-owned buffer needs the GIL; during interpreter
+    finalisation it is ended inside a C++ destructor and the process aborts (SIGABRT) after
+    printing its answer. Every reader of study/ and reports/ must give Arrow its own memory
+    (study.storage.read_parquet, or a path), never an io.BytesIO or bytes."""
+    import ast
+
+    offenders = []
+    for package in ("study", "reports"):
+        for source in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(source.read_text())):
+                if not isinstance(node, ast.Call):
+                    continue
+                name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+                if name in ("BytesIO", "py_buffer"):
+                    offenders.append(f"{source.relative_to(ROOT)}:{node.lineno} {name}")
+    assert not offenders, offenders
+
+
+@pytest.mark.slow
+def test_the_read_only_commands_never_abort_at_exit_beside_busy_processes(
+    smoke_storage: Path, tmp_path: Path
+) -> None:
+    """The abort was a race with interpreter exit, seen only under load: run the commands that
+    read a study many times, several at once, beside two busy processes."""
+    burn = "import time\nend = time.time() + 120\nwhile time.time() < end: pass"
+    burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
+    status_cmd = [sys.executable, "-m", "study.status", "smoke", "--storage", str(smoke_storage),
+                  "--json"]  # fmt: skip
+    failures: list[str] = []
+    try:
+        for _ in range(8):
+            runs = [subprocess.Popen(status_cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True) for _ in range(5)]  # fmt: skip
+            for run in runs:
+                _, err = run.communicate(timeout=120)
+                if run.returncode != 0 or "terminate called" in err:
+                    failures.append(f"rc={run.returncode}: {err.strip()[-200:]}")
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert not failures, failures
