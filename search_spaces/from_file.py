@@ -45,8 +45,9 @@ FIELDS = (
 )  # fmt: skip
 DISTRIBUTIONS = {"log_uniform": LogUniform, "uniform": Uniform, "choice": Choice}
 DEFAULT_METRIC = "val_acc"  # model selection reads validation, never test (README, Conventions)
-# Metrics a searcher can rank by: numbers that every trial reports.
-METRICS = tuple(k for k in RECORD_KEYS if k not in ("diverged", "step", "cg_iters"))
+# Metrics a searcher can rank by: numbers that every trial reports, not its bookkeeping (a
+# count, a step, a flag).
+METRICS = tuple(k for k in RECORD_KEYS if k not in ("diverged", "step", "cg_iters", "val_examples"))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # one path component: a study name
 _CONFIG_KEYS = {f.name: f for f in dataclasses.fields(TrialConfig)}
 

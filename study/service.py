@@ -412,6 +412,9 @@ def _print_summary(outcome: Outcome, spec: StudySpec, out: TextIO) -> None:
     )
     print(f"metrics: {paths.display(paths.metrics)}/  (one row per trial and step)", file=out)
     print(f"trials:  {paths.display(paths.trials)}", file=out)
+    print(
+        f"phases:  {paths.display(paths.phases)}/  (one row per trial and feature update)", file=out
+    )
     for path in outcome.lost:
         print(f"lost:    {path} (missing or unreadable, and its checkpoint is gone)", file=out)
     if outcome.exit_code == EXIT_INTERRUPTED:

@@ -187,6 +187,10 @@ class StudyPaths:
     def trials(self) -> str:
         return self._join(RESULTS_DIR, "trials.parquet")
 
+    @property
+    def phases(self) -> str:
+        return self._join(RESULTS_DIR, "phases")
+
     def display(self, path: str) -> str:
         """A path as the user should type it: with the URI scheme when not local."""
         if self.storage.is_local:

@@ -115,7 +115,8 @@ class TrialsWriter(Callback):
         self._write(trials)
         if trials:
             storage = trial_storage(trials[0])
-            remove_stale_tmp(storage.fs, results_dir(storage.experiment) + "/metrics")
+            for table in ("metrics", "phases"):
+                remove_stale_tmp(storage.fs, results_dir(storage.experiment) + "/" + table)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # tuner.pkl holds this callback as it was created; later attributes get defaults.

@@ -62,7 +62,7 @@ def test_smoke_study_finishes_and_says_where_results_are(smoke_study: tuple) -> 
     assert f"{storage}/smoke/results/metrics" in output
     assert "python -m reports" in output and "smoke" in output
     progress = [line for line in output.splitlines() if line.startswith("[smoke]")]
-    assert progress and "4/4 done" in progress[-1] and "best test_acc" in progress[-1]
+    assert progress and "4/4 done" in progress[-1] and "best val_acc" in progress[-1]
 
 
 def test_reports_hold_only_builtin_values(smoke_study: tuple) -> None:
