@@ -12,6 +12,10 @@ Library use::
     reports.plot_feature_updates(trials, "fig1", fits, formats=("pdf",))
     tuning = reports.tune_on_validation(trials)        # lr per K chosen on val_acc (None: no sweep)
     reports.plot_lr(trials, "lr")                      # accuracy, loss, gap against lr per K
+    phases = reports.read_phases(["studies/k_sweep"], trials)  # per feature update (new studies)
+    per_trial = reports.trial_stability(metrics, trials, phases)  # diverged trials classified
+    reports.stability_table(per_trial)                 # per (K, lr): trained, diverged, lr·λ, gaps
+    reports.arms_table(trials)                         # Fig. 8: each arm at its selected lr
     reports.write_report("studies/k_sweep")            # everything, into studies/k_sweep/report/
 """
 
@@ -25,13 +29,16 @@ from ._errors import NothingToPlot, ReportError
 if TYPE_CHECKING:
     from ._fit import fit_feature_updates, n_at_fraction, sigmoid_model
     from ._load import load, load_trials
+    from ._plot_arms import arms_table, plot_arms
     from ._plot_curves import plot_training_curves
     from ._plot_matched import plot_matched_train_loss
     from ._plot_measure import measure_correlations, plot_measure
     from ._plot_phase import plot_phase_diagram
+    from ._plot_stability import plot_stability, plot_stability_map
     from ._plot_sweep import plot_damping, plot_lr
     from ._plot_updates import plot_feature_updates
     from ._report import ReportResult, default_out, write_report
+    from ._stability import classify, read_phases, stability_table, trial_stability
     from ._summary import final_metrics
     from ._tune import tune_on_validation
 
@@ -54,12 +61,22 @@ _LAZY = {
     "default_out": "_report",
     "write_report": "_report",
     "final_metrics": "_summary",
+    "arms_table": "_plot_arms",
+    "plot_arms": "_plot_arms",
+    "plot_stability": "_plot_stability",
+    "plot_stability_map": "_plot_stability",
+    "classify": "_stability",
+    "read_phases": "_stability",
+    "stability_table": "_stability",
+    "trial_stability": "_stability",
 }
 
 __all__ = [
     "NothingToPlot",
     "ReportError",
     "ReportResult",
+    "arms_table",
+    "classify",
     "default_out",
     "final_metrics",
     "fit_feature_updates",
@@ -67,14 +84,20 @@ __all__ = [
     "load_trials",
     "measure_correlations",
     "n_at_fraction",
+    "plot_arms",
     "plot_damping",
     "plot_feature_updates",
     "plot_lr",
     "plot_matched_train_loss",
     "plot_measure",
     "plot_phase_diagram",
+    "plot_stability",
+    "plot_stability_map",
     "plot_training_curves",
+    "read_phases",
     "sigmoid_model",
+    "stability_table",
+    "trial_stability",
     "tune_on_validation",
     "write_report",
 ]

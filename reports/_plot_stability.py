@@ -34,9 +34,11 @@ from ._stability import (
     LR_SHARPNESS,
     LR_SHARPNESS_MAX,
     SHARPNESS,
+    Records,
     arm_keys,
     arm_label,
     gap_series,
+    initial_loss,
     problem_keys,
     scope,
     series,
@@ -81,11 +83,12 @@ def plot_stability(
     if not sections:
         raise NothingToPlot("no trial finished or diverged yet")
     paths: list[Path] = []
+    records = Records(metrics, phases)
     page = 0
     for title, rows in sections:
         for start in range(0, len(rows), ROWS_PER_PAGE):
             chunk = rows[start : start + ROWS_PER_PAGE]
-            paths += _stability_page(metrics, phases, title, chunk, tuning, out, formats, page)
+            paths += _stability_page(records, title, chunk, tuning, out, formats, page)
             page += 1
     return paths
 
@@ -170,7 +173,7 @@ def _float(value: object) -> float:
         return math.nan
 
 
-def _stability_page(metrics, phases, title, rows, tuning, out, formats, page) -> list[Path]:
+def _stability_page(records, title, rows, tuning, out, formats, page) -> list[Path]:
     with paper_style():
         fig, axes = plt.subplots(len(rows), 2, figsize=(9.0, 1.9 * len(rows) + 1.4),
                                  squeeze=False, layout="constrained")  # fmt: skip
@@ -186,13 +189,13 @@ def _stability_page(metrics, phases, title, rows, tuning, out, formats, page) ->
                 counts.append(f"{format_value(lr)}: {len(lost)}/{len(at)} diverged")
                 n_lost += len(lost)
                 handles.setdefault(lr_label, Line2D([], [], lw=1.2, label=lr_label, **style))
-                _draw_sharpness(left, metrics, phases, at, style)
-                _draw_gaps(right, metrics, phases, at, style)
+                _draw_sharpness(left, records, at, style)
+                _draw_gaps(right, records, at, style)
             left.set_title(f"{label}" + (f" ({bracket})" if bracket else "") + " · lr "
                            + "; ".join(counts) + (f" · {note}" if note else ""),
                            fontsize=7.5, loc="left")  # fmt: skip
-            _finish_sharpness(left, metrics, phases, row)
-            _finish_gaps(right, metrics, phases, row)
+            _finish_sharpness(left, records, row)
+            _finish_gaps(right, row)
         for ax in axes[-1]:
             ax.set_xlabel("step (linear)")
         extra = [Line2D([], [], color="0.2", lw=0.8, ls=(0, (2, 2)),
@@ -213,30 +216,28 @@ def _config_cols(row: pd.DataFrame) -> set[str]:
     return {"study", *config_keys(row)}
 
 
-def _lr_sharpness_measured(metrics, phases, row) -> bool:
+def _lr_sharpness_measured(records: Records, row: pd.DataFrame) -> bool:
     for _, trial in row.iterrows():
-        if len(series(metrics, phases, trial, (LR_SHARPNESS_MAX, LR_SHARPNESS))):
+        if len(series(records, trial, (LR_SHARPNESS_MAX, LR_SHARPNESS))):
             return True
     return False
 
 
-def _draw_sharpness(ax, metrics, phases, at: pd.DataFrame, style: dict) -> None:
-    use_lr = _lr_sharpness_measured(metrics, phases, at)
+def _draw_sharpness(ax, records: Records, at: pd.DataFrame, style: dict) -> None:
+    use_lr = _lr_sharpness_measured(records, at)
     columns = (LR_SHARPNESS_MAX, LR_SHARPNESS) if use_lr else (SHARPNESS,)
     for _, trial in at.iterrows():
-        s = series(metrics, phases, trial, columns)
+        s = series(records, trial, columns)
         if len(s):
             ax.plot(s["step"], s["value"], lw=0.9, alpha=0.85, **style)
         if trial["exclusion"] == "diverged":
             _mark_stop(ax, trial, s, style["color"])
 
 
-def _draw_gaps(ax, metrics, phases, at: pd.DataFrame, style: dict) -> None:
-    from ._stability import _initial_loss
-
+def _draw_gaps(ax, records: Records, at: pd.DataFrame, style: dict) -> None:
     for _, trial in at.iterrows():
-        g = gap_series(metrics, phases, trial)
-        initial = _initial_loss(metrics, trial)
+        g = gap_series(records, trial)
+        initial = initial_loss(records, trial)
         if len(g) and initial > 0:
             g = g.assign(value=g["value"] / initial)
             ax.plot(g["step"], g["value"], marker="o", ms=2.5, lw=0.6, alpha=0.85, **style)
@@ -255,9 +256,9 @@ def _mark_stop(ax, trial: pd.Series, s: pd.DataFrame, c) -> None:
         mark_floor(ax, [float(trial["last_step"])], c)
 
 
-def _finish_sharpness(ax, metrics, phases, row: pd.DataFrame) -> None:
+def _finish_sharpness(ax, records: Records, row: pd.DataFrame) -> None:
     values = [v for line in ax.get_lines() for v in np.asarray(line.get_ydata(), dtype=float)]
-    if _lr_sharpness_measured(metrics, phases, row):
+    if _lr_sharpness_measured(records, row):
         ax.axhline(EDGE, color="0.2", lw=0.8, ls=(0, (2, 2)), zorder=1)
         ax.set_ylabel("lr·λ_max")
         log_if_wide(ax, [*values, EDGE])
@@ -272,7 +273,7 @@ def _finish_sharpness(ax, metrics, phases, row: pd.DataFrame) -> None:
         ax.set_yticks([])
 
 
-def _finish_gaps(ax, metrics, phases, row: pd.DataFrame) -> None:
+def _finish_gaps(ax, row: pd.DataFrame) -> None:
     values = [abs(v) for line in ax.get_lines() for v in np.asarray(line.get_ydata(), dtype=float)]
     ax.set_ylabel("gap / initial loss")
     if not values:

@@ -146,52 +146,73 @@ def scope(trials: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+class Records:
+    """Each trial's records and phase rows, split once: a study has thousands of trials."""
+
+    def __init__(self, metrics: pd.DataFrame, phases: pd.DataFrame) -> None:
+        self._by = {"metrics": _split(metrics), "phases": _split(phases)}
+
+    def rows(self, source: str, trial: pd.Series | dict) -> pd.DataFrame:
+        """The trial's rows of `source` ('metrics' or 'phases') up to its last step, by step."""
+        rows = self._by[source].get((trial["study"], trial["trial_id"]))
+        if rows is None:
+            return pd.DataFrame({"step": []})
+        last = _float(trial.get("last_step", math.nan))
+        if np.isfinite(last):  # "before divergence": nothing recorded after the last step
+            rows = rows[rows["step"].astype(float) <= last]
+        return rows
+
+
+def _split(frame: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    if frame.empty or not {"study", "trial_id", "step"} <= set(frame.columns):
+        return {}
+    return {key: part.sort_values("step")
+            for key, part in frame.groupby(["study", "trial_id"], sort=False)}  # fmt: skip
+
+
+SOURCES = ("metrics", "phases")
+
+
 def series(
-    metrics: pd.DataFrame, phases: pd.DataFrame, trial: pd.Series, columns: Sequence[str]
+    records: Records, trial: pd.Series, columns: Sequence[str], sources: Sequence[str] = SOURCES
 ) -> pd.DataFrame:
-    """(step, value) of a trial's first column among `columns` with a finite value: from its
-    records, else from its phase rows; empty when neither holds one."""
-    for source in (metrics, phases):
-        rows = _rows(source, trial)
+    """(step, value) of a trial's first column among `columns` with a finite value: from the
+    first of `sources` that holds one; empty when none does."""
+    for source in sources:
+        rows = records.rows(source, trial)
         for col in columns:
             if col in rows:
-                values = pd.to_numeric(rows[col], errors="coerce")
-                keep = np.isfinite(values)
-                if keep.any():
-                    return pd.DataFrame({"step": rows["step"][keep].astype(float).to_numpy(),
-                                         "value": values[keep].astype(float).to_numpy()})  # fmt: skip
+                found = _finite(rows, col)
+                if len(found):
+                    return found
     return pd.DataFrame({"step": [], "value": []})
 
 
-def gap_series(metrics: pd.DataFrame, phases: pd.DataFrame, trial: pd.Series) -> pd.DataFrame:
+def gap_series(records: Records, trial: pd.Series) -> pd.DataFrame:
     """(step, lin_gap) at each feature update: the phase rows, else the records' latest value
     where it changes (each record repeats the latest update's gap)."""
-    rows = _rows(phases, trial)
-    if LIN_GAP in rows and np.isfinite(pd.to_numeric(rows[LIN_GAP], errors="coerce")).any():
-        return _finite(rows, LIN_GAP)
-    rows = _rows(metrics, trial)
-    if LIN_GAP not in rows:
-        return pd.DataFrame({"step": [], "value": []})
-    gaps = _finite(rows, LIN_GAP)
+    gaps = series(records, trial, (LIN_GAP,), ("phases",))
+    if len(gaps):
+        return gaps
+    gaps = series(records, trial, (LIN_GAP,), ("metrics",))
     changed = gaps["value"].ne(gaps["value"].shift())
     return gaps[changed].reset_index(drop=True)
 
 
 def _finite(rows: pd.DataFrame, col: str) -> pd.DataFrame:
-    values = pd.to_numeric(rows[col], errors="coerce")
+    values = pd.to_numeric(rows[col], errors="coerce").astype(float)
     keep = np.isfinite(values)
     return pd.DataFrame({"step": rows["step"][keep].astype(float).to_numpy(),
-                         "value": values[keep].astype(float).to_numpy()})  # fmt: skip
+                         "value": values[keep].to_numpy()})  # fmt: skip
 
 
-def _rows(frame: pd.DataFrame, trial: pd.Series) -> pd.DataFrame:
-    if frame.empty or "trial_id" not in frame:
-        return frame.iloc[:0]
-    rows = frame[(frame["trial_id"] == trial["trial_id"]) & (frame["study"] == trial["study"])]
-    last = trial.get("last_step", math.nan)
-    if np.isfinite(_float(last)):  # "before divergence": nothing recorded after the last step
-        rows = rows[rows["step"].astype(float) <= float(last)]
-    return rows.sort_values("step")
+def initial_loss(records: Records, trial: pd.Series) -> float:
+    """The trial's training loss at step 0 (NaN without a step-0 record)."""
+    rows = records.rows("metrics", trial)
+    if "train_loss" not in rows or rows.empty:
+        return math.nan
+    first = rows[rows["step"].astype(float) == 0]
+    return float(first["train_loss"].iloc[0]) if len(first) else math.nan
 
 
 def classify(max_lr_sharpness: float, max_gap: float, initial_loss: float,
@@ -222,15 +243,15 @@ def trial_stability(
     t = scope(trials)
     problems, arms = problem_keys(t), arm_keys(t)
     shown = _label_keys(t, problems)
+    records = Records(metrics, phases)
     rows = []
     for _, trial in t.iterrows():
-        ls = series(metrics, phases, trial, (LR_SHARPNESS_MAX, LR_SHARPNESS))
-        ls_phase = series(phases.iloc[:0], phases, trial, (LR_SHARPNESS,))
-        ls_all = pd.concat([ls, ls_phase], ignore_index=True)
-        sharp = pd.concat([series(metrics, phases.iloc[:0], trial, (SHARPNESS,)),
-                           series(phases.iloc[:0], phases, trial, (SHARPNESS,))])  # fmt: skip
-        gaps = gap_series(metrics, phases, trial)
-        initial = _initial_loss(metrics, trial)
+        ls_all = pd.concat([series(records, trial, (LR_SHARPNESS_MAX, LR_SHARPNESS)),
+                            series(records, trial, (LR_SHARPNESS,), ("phases",))])  # fmt: skip
+        sharp = pd.concat([series(records, trial, (SHARPNESS,), ("metrics",)),
+                           series(records, trial, (SHARPNESS,), ("phases",))])  # fmt: skip
+        gaps = gap_series(records, trial)
+        initial = initial_loss(records, trial)
         diverged = trial["exclusion"] == "diverged"
         max_ls = float(ls_all["value"].max()) if len(ls_all) else math.nan
         crossed = ls_all.loc[ls_all["value"] >= EDGE, "step"]
@@ -289,14 +310,6 @@ _QUIET = {"momentum": 0.0, "reset_optimizer": False, "schedule": "uniform"}  # t
 
 def _varies_from_default(key: str, value: object) -> bool:
     return key in _QUIET and value != _QUIET[key]
-
-
-def _initial_loss(metrics: pd.DataFrame, trial: pd.Series) -> float:
-    rows = _rows(metrics, trial)
-    if "train_loss" not in rows or rows.empty:
-        return math.nan
-    first = rows[rows["step"].astype(float) == 0]
-    return float(first["train_loss"].iloc[0]) if len(first) else math.nan
 
 
 def _float(value: object) -> float:
