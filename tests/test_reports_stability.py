@@ -16,7 +16,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 import reports
@@ -30,40 +29,14 @@ from reports._stability import (
     UNMEASURED_CLASS,
     classify,
 )
-from study.results import LAYOUT_KEY, METRICS_SCHEMA, ROLE_KEY, TABLE_KEY, TRIALS_SCHEMA
+from study.store.layout import METRICS_SCHEMA, PHASES_SCHEMA, TRIALS_SCHEMA
 from tests.report_data import BASE_CONFIG, INF, PROVENANCE, Spec, make_study, write_parquet
 
 T, EVERY = 100, 10
 INITIAL_LOSS = 2.3
-STABILITY = ("sharpness", "lr_sharpness", "lr_sharpness_max", "lin_gap")
-PHASE_MEASURES = ("sharpness", "lr_sharpness", "lin_gap", "loss_before", "loss_after")
 
 
-def _extended(schema: pa.Schema, extra: dict[str, str], table: bytes | None = None) -> pa.Schema:
-    """`schema` plus the float fields in `extra` (name → role) that it lacks: the layout as the
-    stability helper adds it, whether or not it has landed in ``study.results`` yet."""
-    fields = list(schema)
-    fields += [pa.field(n, pa.float64(), metadata={ROLE_KEY: r.encode()})
-               for n, r in extra.items() if n not in schema.names]  # fmt: skip
-    metadata = dict(schema.metadata or {})
-    if table is not None:
-        metadata[TABLE_KEY] = table
-    return pa.schema(fields, metadata)
-
-
-METRICS = _extended(METRICS_SCHEMA, dict.fromkeys(STABILITY, "measure"))
-TRIALS = _extended(TRIALS_SCHEMA, dict.fromkeys(STABILITY, "measure"))
-_CONFIG_FIELDS = [f for f in METRICS_SCHEMA if (f.metadata or {}).get(ROLE_KEY) == b"config"]
-PHASES = pa.schema(
-    [
-        *(f for f in METRICS_SCHEMA if f.name in ("study", "trial_id")),
-        *_CONFIG_FIELDS,
-        pa.field("step", pa.int64(), metadata={ROLE_KEY: b"metric"}),
-        pa.field("feature_updates", pa.int64(), metadata={ROLE_KEY: b"metric"}),
-        *(pa.field(n, pa.float64(), metadata={ROLE_KEY: b"measure"}) for n in PHASE_MEASURES),
-    ],
-    {LAYOUT_KEY: METRICS_SCHEMA.metadata[LAYOUT_KEY], TABLE_KEY: b"phases"},
-)
+METRICS, TRIALS, PHASES = METRICS_SCHEMA, TRIALS_SCHEMA, PHASES_SCHEMA
 
 
 @dataclass
@@ -84,6 +57,9 @@ class Trial:
     updates: int | None = None  # final feature updates (solve-to-convergence), else ⌈T/K⌉ − 1
     extra: dict = field(default_factory=dict)
     phases: bool = True  # write a phases file
+    loss: Callable[[int], float] | None = None  # training loss at a record (default: decays)
+    before: Callable[[int], float] = lambda j: 0.2  # linear model's loss before update j
+    measured: Callable[[int], bool] = lambda j: True  # whether update j was measured
 
 
 def write_study(root: Path, name: str, trials: list[Trial], phases: bool = True) -> Path:
@@ -136,10 +112,11 @@ def _records(spec: Trial) -> tuple[list[dict], list[dict]]:
         progress = step / T
         between = [lr_lam for s in range(prev + 1, step + 1)
                    for lr_lam in [spec.lr * spec.lam(s)]] or [spec.lr * spec.lam(step)]  # fmt: skip
-        done = [j for j, s in enumerate(update_steps, start=1) if s < step]
+        done = [j for j, s in enumerate(update_steps, start=1) if s < step and spec.measured(j)]
         row = {
             "step": step, "feature_updates": _updates_at(spec, step),
-            "train_loss": INITIAL_LOSS * math.exp(-step / 50), "test_loss": 0.5,
+            "train_loss": spec.loss(step) if spec.loss else INITIAL_LOSS * math.exp(-step / 50),
+            "test_loss": 0.5,
             "train_acc": 0.1 + (spec.train_acc - 0.1) * progress,
             "test_acc": 0.1 + (spec.test_acc - 0.1) * progress,
             "val_acc": 0.1 + (spec.val_acc - 0.1) * progress, "val_loss": 0.5,
@@ -158,11 +135,14 @@ def _records(spec: Trial) -> tuple[list[dict], list[dict]]:
         for j, step in enumerate([0, *update_steps]):
             if step > end:
                 break
+            if not spec.measured(j):
+                continue
             phase_rows.append({
                 "step": step, "feature_updates": j, "sharpness": spec.lam(step),
                 "lr_sharpness": spec.lr * spec.lam(step) if sgd else math.nan,
                 "lin_gap": spec.gaps(j) if j else math.nan,
-                "loss_before": 0.2, "loss_after": 0.2 + (spec.gaps(j) if j else 0.0),
+                "loss_before": spec.before(j) if j else math.nan,
+                "loss_after": spec.before(j) + (spec.gaps(j) if j else 0.0),
             })  # fmt: skip
     return rows, phase_rows
 
@@ -262,7 +242,10 @@ def test_divergence_steps_and_the_largest_lr_sharpness_per_cell(grid_report):
     table = grid_report.stability
     cell = table[(table["k"] == 10) & (table["lr"] == 0.2)].iloc[0]
     assert cell["divergence_steps"] == "50;50;50" and cell["first_divergence_step"] == 50
-    assert cell["max_lr_sharpness_diverged"] == pytest.approx(0.2 * (8.0 + 0.1 * 50))
+    # read up to the last healthy record (40): what the diverged record shows came after
+    assert cell["max_lr_sharpness_diverged"] == pytest.approx(0.2 * (8.0 + 0.1 * 40))
+    assert cell["onset_lr_sharpness_max"] == pytest.approx(0.2 * (8.0 + 0.1 * 40))
+    assert cell["onset_lin_gap_rel_max"] == pytest.approx(3.0 / INITIAL_LOSS)  # seed 2's jump
     gap = table[(table["k"] == 25) & (table["lr"] == 0.2)].iloc[0]
     assert gap["max_lr_sharpness"] == pytest.approx(1.0) and gap["max_abs_lin_gap"] == 5.0
     assert gap["max_lin_gap_rel"] == pytest.approx(5.0 / INITIAL_LOSS)
@@ -284,7 +267,7 @@ def test_each_diverged_trial_is_classified_and_counted_in_the_summary(grid_repor
     assert (f"Diverged trials by mechanism (8 in all): 2 {EDGE_CLASS}, 3 {GAP_CLASS}, "
             f"1 {BOTH_CLASS}, 1 {NEITHER_CLASS}, 1 {UNMEASURED_CLASS}.") in summary  # fmt: skip
     assert "K=25, lr=0.2: 3 diverged (3 feature-update gap)" in summary
-    assert "3 reached lr·λ ≥ 2 at some record and still trained" in summary  # K=1, lr 0.2
+    assert "3 reached lr·λ ≥ 2 at some measured point and still trained" in summary  # K=1, 0.2
 
 
 @pytest.mark.parametrize(
@@ -305,6 +288,7 @@ def test_each_diverged_trial_is_classified_and_counted_in_the_summary(grid_repor
 )
 def test_the_classification_rule_on_constructed_records(ls, gap, initial, known, expected):
     assert classify(ls, gap, initial, known) == expected
+    assert classify(ls, gap, initial, known, unmeasured_updates=1) == UNMEASURED_CLASS
 
 
 def test_the_stability_figure_shows_the_pick_and_the_next_larger_lr(grid_study, monkeypatch):
@@ -341,6 +325,55 @@ def test_the_stability_figure_shows_the_pick_and_the_next_larger_lr(grid_study, 
         plt.close(fig)
 
 
+# ---- the onset of a divergence ---------------------------------------------------------------
+def _late_blow_up(**changes) -> Trial:
+    """K=10, lr 0.1: lr·λ = 3 at the update at 20, a loss spike at 30 that recovers, a big jump
+    (lr·λ = 1) at the update at 60, the loss above its initial value from 70 on, diverged at
+    80; the update at 70 comes after the linear model blew up (its loss before it is 50)."""
+    lam = {20: 30.0, 70: 90.0}
+
+    def loss(step: int) -> float:
+        if step == 30:
+            return 10.0
+        return 50.0 if step >= 70 else INITIAL_LOSS * math.exp(-step / 50)
+
+    spec = dict(k=10, lr=0.1, seed=0, diverge_at=80, lam=lambda step: lam.get(step, 10.0),
+                loss=loss, gaps=lambda j: 5.0 if j == 6 else 0.01,
+                before=lambda j: 50.0 if j == 7 else 0.2)  # fmt: skip
+    return Trial(**(spec | changes))
+
+
+def test_a_divergence_is_read_where_it_began(tmp_path: Path):
+    study = write_study(tmp_path, "onset", [_late_blow_up(), Trial(k=INF, lr=0.1, seed=0)])
+    row = reports.write_report(study, tmp_path / "out", n_boot=0).stability_trials.iloc[0]
+    assert row["last_healthy_step"] == 60  # not 20: the spike at 30 recovered
+    assert row["onset_step"] == 60 and row["onset_read_from"] == "phases"
+    assert row["onset_lr_sharpness"] == pytest.approx(1.0)  # not 9: set after the blow-up
+    assert row["onset_lin_gap"] == 5.0 and row["unmeasured_updates"] == 0
+    assert row["class"] == GAP_CLASS
+    assert row["max_lr_sharpness"] == pytest.approx(3.0)  # over what came before the onset
+
+
+def test_an_update_made_after_the_linear_model_blew_up_is_not_read(tmp_path: Path):
+    """The probe loss before the update at 60 is already past the initial loss: the phase that
+    began at 50 diverged, and the jump at 60 is a consequence; the update at 50 is read."""
+    trial = _late_blow_up(before=lambda j: 50.0 if j >= 6 else 0.2)
+    study = write_study(tmp_path, "late", [trial, Trial(k=INF, lr=0.1, seed=0)])
+    row = reports.write_report(study, tmp_path / "out", n_boot=0).stability_trials.iloc[0]
+    assert row["onset_step"] == 50 and row["onset_lin_gap"] == 0.01
+    assert row["unmeasured_updates"] == 0  # the update at 60 was measured: it came too late
+    assert row["class"] == NEITHER_CLASS  # lr·λ = 1, a jump of 0.01
+
+
+def test_a_phase_that_began_unmeasured_is_not_classified(tmp_path: Path):
+    """Only the updates at 20 and 40 were measured: the phase that diverged began at 60 or 70."""
+    trial = _late_blow_up(measured=lambda j: j in (2, 4))
+    study = write_study(tmp_path, "cadence", [trial, Trial(k=INF, lr=0.1, seed=0)])
+    row = reports.write_report(study, tmp_path / "out", n_boot=0).stability_trials.iloc[0]
+    assert row["onset_step"] == 40 and row["unmeasured_updates"] == 2  # updates 5 and 6
+    assert row["class"] == UNMEASURED_CLASS
+
+
 # ---- older studies and bad input ------------------------------------------------------------
 def test_a_study_without_the_measures_skips_the_figures_with_a_reason(tmp_path: Path):
     study = make_study(tmp_path, Spec(study="old", ks=(1, 10, INF), seeds=(0, 1), plain=(),
@@ -373,13 +406,20 @@ def test_a_corrupt_phases_file_is_refused_before_anything_is_written(tmp_path: P
     assert not (tmp_path / "out").exists()
 
 
-def test_gaps_come_from_the_records_when_there_are_no_phase_files(tmp_path: Path):
-    trials = [Trial(k=25, lr=0.2, seed=0, diverge_at=60, gaps=lambda j: 0.1 if j < 2 else 5.0),
+def test_without_phase_files_the_last_healthy_record_is_read(tmp_path: Path):
+    trials = [Trial(k=25, lr=0.2, seed=0, diverge_at=40, gaps=lambda j: 5.0),  # jump at step 25
+              Trial(k=25, lr=0.2, seed=1, diverge_at=60, gaps=lambda j: 0.1 if j < 2 else 5.0),
               Trial(k=INF, lr=0.2, seed=0)]  # fmt: skip
     study = write_study(tmp_path, "nophase", trials, phases=False)
     result = reports.write_report(study, tmp_path / "out", n_boot=0)
-    row = result.stability_trials.set_index("k").loc[25.0]
-    assert row["class"] == GAP_CLASS and row["max_lin_gap"] == 5.0
+    per_trial = result.stability_trials.set_index(["k", "seed"])
+    first = per_trial.loc[(25.0, 0)]
+    assert first["class"] == GAP_CLASS and first["onset_read_from"] == "records"
+    assert first["last_healthy_step"] == 30 and first["onset_lin_gap"] == 5.0
+    # the update at step 50 falls between the last healthy record (50) and the onset (60): a
+    # record taken at 50 predates it, so without phase rows only the earlier jump is seen
+    second = per_trial.loc[(25.0, 1)]
+    assert second["class"] == NEITHER_CLASS and second["onset_lin_gap"] == 0.1
     assert result.figures["stability"]
 
 
