@@ -2,11 +2,11 @@
 the trials of the default k_sweep grid. Printed per known curve: how far it gets, and where not.
 
 Both studies run on the same task and budget and are scored with the same estimator
-(study.adaptive: the report's logistic-in-log-N model, levels from K=1 and K=∞, percentile
+(study.plan.adaptive_fit: the report's logistic-in-log-N model, levels from K=1 and K=∞, percentile
 bootstrap over seeds):
 - grid: k_sweep's shape at one lr, K ∈ {1, 33, 62, 125, 200, 333, 500, ∞} at T = 1000 (N = 999,
   30, 16, 7, 4, 3, 1, 0) × r seeds; r = 5 is the default's 40 trials;
-- adaptive: study.adaptive.Planner with the k_adaptive space's options, run to the same
+- adaptive: study.plan.adaptive_planner.Planner with the k_adaptive space's options, run to the same
   budget without its early stop, its CIs traced after every decision.
 
 The task is synthetic unless --real: each trial's metric is a known logistic in log N plus
@@ -32,14 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from study.adaptive import (
-    FINISHED,
-    Options,
-    Planner,
-    bootstrap_factors,
-    fit_curve,
-    n_of_k,
-)
+from study.plan.adaptive_fit import bootstrap_factors, fit_curve, n_of_k
+from study.plan.adaptive_planner import FINISHED, Options, Planner
 
 T = 1000
 GRID_K = (1, 33, 62, 125, 200, 333, 500, "inf")  # search_spaces/k_sweep.py at one lr
@@ -172,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from benchmarks._common import environment
 
     print(environment(torch.device("cpu")))  # hardware and versions first, as every benchmark
-    logging.getLogger("study.adaptive").setLevel(logging.ERROR)  # its notes, once per run
+    logging.getLogger("study.plan.adaptive_planner").setLevel(
+        logging.ERROR
+    )  # its notes, once per run
     space = search_spaces.get("k_adaptive")
     n_boot = 100 if args.smoke else args.n_boot
     options = Options.from_mapping({**space.searcher_options, "stop": False, "n_boot": n_boot},

@@ -34,7 +34,7 @@ def _configs(name: str, per_space: int) -> list[dict[str, Any]]:
     """Up to `per_space` of the space's trial configs, spread evenly over its points."""
     import search_spaces
     from study.plan import _combinations, build_plan, default_num_samples
-    from study.spec import StudySpec
+    from study.request.spec import StudySpec
 
     own = search_spaces.get(name)
     spec = StudySpec(

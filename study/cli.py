@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from study.errors import StudyError
-from study.schedulers import SCHEDULERS
+from study.plan.schedulers import SCHEDULERS
+from study.plan.trackers import TRACKERS
 from study.service import DEFAULT_STORAGE, StudyOptions
-from study.trackers import TRACKERS
 
 SEARCHERS = ("grid", "random", "optuna", "adaptive")
 

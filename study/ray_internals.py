@@ -1,25 +1,24 @@
-"""Everything ilstudy takes from Ray beyond its public API, in one place.
+"""Everything ilstudy takes from Ray beyond its public API, in one place: private Ray and Tune
+names, and the tested Ray version range they hold for.
 
-Two kinds of things live here: private Ray helpers, and the layout of the files Tune writes
-into a study folder (snapshot names, the experiment state's JSON, checkpoint folders, the
-driver's staging folder). Each item says why the public API does not suffice. They are
-checked against the Ray versions in `TESTED_RAY`, which `pyproject.toml` bounds too;
-`check_ray_version` refuses any other version before the driver touches Ray.
+Each item says why the public API does not suffice. They are checked against the Ray
+versions in `TESTED_RAY`, which `pyproject.toml` bounds too; `ray_version_problem` names any
+other version, and `study.execute.cluster.check_ray_version` refuses it before the driver
+touches Ray. The names of the files Tune writes into a study folder are read without Ray, so
+they live in `study.store.tune_files` (same version range).
 
-Nothing here imports Ray at module level: storage and snapshot checks run before Ray starts.
+Imports nothing of `study` (only `execute/` imports this module), and Ray only inside the
+functions that need it: importing it is cheap.
 """
 
 from __future__ import annotations
 
 import glob
 import importlib.metadata
-import json
 import os
 import re
 from dataclasses import dataclass
 from typing import Any
-
-from study.errors import StudyError
 
 # ---- the tested version range -----------------------------------------------------------
 TESTED_RAY = ((2, 50), (2, 61))  # lowest tested, first untested: ray[tune]>=2.50,<2.61
@@ -33,50 +32,21 @@ def installed_ray_version() -> str:
         return ""
 
 
-def check_ray_version(version: str | None = None) -> None:
-    """StudyError unless `version` (default: the installed Ray) is in the tested range."""
+def ray_version_problem(version: str | None = None) -> str | None:
+    """Why `version` (default: the installed Ray) cannot be used, or None when it is tested."""
     version = installed_ray_version() if version is None else version
     (lo_major, lo_minor), (hi_major, hi_minor) = TESTED_RAY
     wanted = f"ray[tune]>={lo_major}.{lo_minor},<{hi_major}.{hi_minor}"
     match = re.match(r"^(\d+)\.(\d+)", version)
     if not version or match is None:
-        raise StudyError(f"Ray is not installed (or has no version); install {wanted}")
+        return f"Ray is not installed (or has no version); install {wanted}"
     release = (int(match.group(1)), int(match.group(2)))
     if not TESTED_RAY[0] <= release < TESTED_RAY[1]:
-        raise StudyError(
+        return (
             f"Ray {version} is installed, but ilstudy is tested with {wanted} only: it relies on "
             "Tune's internals and file layout (study.ray_internals); install a tested version"
         )
-
-
-# ---- Tune's files in the study folder -----------------------------------------------------
-# Tune offers no API to inspect or choose the experiment snapshot a restore uses, and it
-# silently starts over when that snapshot is damaged; the study checks, chooses and repairs
-# snapshots itself (study.storage.check_resumable, study.snapshots, study.reconcile), so it
-# must know their names and contents.
-STATE_PREFIX = "experiment_state-"
-STATE_PATTERN = re.compile(r"^experiment_state-.*\.json$")  # Tune's experiment snapshot
-# Pickles Tune loads on resume (the newest of each); a damaged one makes it start over too.
-RESUME_PICKLES = (
-    re.compile(r"^searcher-state-.*\.pkl$"),
-    re.compile(r"^search_gen_state-.*\.json$"),
-    re.compile(r"^basic-variant-state-.*\.json$"),
-    re.compile(r"^callback-states-.*\.pkl$"),
-)
-TUNER_FILE = "tuner.pkl"  # Tune's restore entry point (Tuner.can_restore looks for it)
-# Each of the files above is `<prefix>-<session>.<ext>`, the session being the driver run's
-# start in local time; study.snapshots keeps one session's files only.
-SESSION_FILE = re.compile(
-    r"^(experiment_state|searcher-state|search_gen_state|basic-variant-state|callback-states)"
-    r"-(?P<session>.+)\.(json|pkl)$"
-)
-# Tune's folder of one trial checkpoint: `<trial folder>/checkpoint_<index>/`. The public API
-# hands a trial only the checkpoint the last snapshot recorded, and the driver none before
-# `fit()`; a resume verifies finished trials' files against their checkpoints, and a restored
-# trial looks for a newer checkpoint than the snapshot's (study.trainable).
-CHECKPOINT_PREFIX = "checkpoint_"
-# Trial statuses as Tune writes them into a snapshot (its `Trial` statuses, not ours).
-TUNE_UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
+    return None
 
 
 def stopped_by_tune(last_result: dict) -> bool:
@@ -89,61 +59,12 @@ def stopped_by_tune(last_result: dict) -> bool:
     return bool(last_result.get("done"))
 
 
-def session_of(name: str) -> str | None:
-    """The driver session a snapshot or pickle belongs to, from its file name."""
-    match = SESSION_FILE.match(name)
-    return match.group("session") if match else None
-
-
-def snapshot_start_time(state: Any) -> float | None:
-    """The session start (Unix seconds) recorded inside an experiment state, if any."""
-    try:
-        return float(state["stats"]["start_time"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def snapshot_problem(raw: bytes) -> str | None:
-    """Why an experiment state's bytes cannot be resumed from ("empty", ...), or None if fine.
-
-    Raises ValueError for bytes that are not JSON.
-    """
-    if not raw.strip():
-        return "empty"
-    state = json.loads(raw)
-    trial_data = state.get("trial_data") if isinstance(state, dict) else None
-    if not trial_data or "runner_data" not in state:
-        return "no trials in it"
-    return None
-
-
-def mark_errored(state: dict, errored: set[str]) -> list[str]:
-    """Set ERROR on unfinished trials of a Tune experiment state that are in `errored`.
-
-    `state["trial_data"]` holds `[trial_json, run_metadata_json]` pairs, each a JSON text.
-    Returns the ids changed, in snapshot order.
-    """
-    changed = []
-    for pair in state.get("trial_data", []):
-        trial = json.loads(pair[0])
-        if trial.get("trial_id") not in errored or trial.get("status") not in TUNE_UNFINISHED:
-            continue
-        trial["status"] = "ERROR"
-        pair[0] = json.dumps(trial, indent=2)
-        metadata = json.loads(pair[1])
-        if metadata.get("error_filename") is None:  # lets Tune find the trial's error.txt
-            metadata["error_filename"] = "error.txt"
-        pair[1] = json.dumps(metadata)
-        changed.append(trial["trial_id"])
-    return changed
-
-
 def driver_staging_folders(experiment_name: str) -> list[str]:
     """This Ray session's local staging folders of the study's driver files, or [] if unknown.
 
     Tune stages its snapshot and pickles in a local folder of the Ray session and uploads the
     whole folder at each snapshot; it exposes that folder only to a running experiment, and
-    a resume must clean it before `fit()` (study.snapshots.prune_driver_staging). The root
+    a resume must clean it before `fit()` (study.execute.resume.prune_driver_staging). The root
     comes from a private helper (`ray.train.constants._get_ray_train_session_dir`), the layout
     below it is `<root>/<timestamp>/<experiment>/driver_artifacts`.
     """

@@ -77,7 +77,7 @@ def _environment(loopback: bool) -> None:
     rewrites 127.0.0.1 to the host's own address, which a loopback-only cluster does not
     listen on, and `ray.init` retries for ever.
     """
-    from study.cluster import LOOPBACK_ENV, QUIET_ENV
+    from study.execute.cluster import LOOPBACK_ENV, QUIET_ENV
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)

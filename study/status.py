@@ -9,7 +9,6 @@ second while a driver runs the study, or after it has gone. Exit codes: 0 shown,
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import sys
@@ -23,10 +22,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from study.errors import StudyError
-from study.lock import LOCK_FILE, describe, is_live, lock_path, read_holder
-from study.results import FINISHED, Status
-from study.spec import StudySpec
-from study.storage import StudyPaths, check_name, read_json, read_parquet, resolve_storage
+from study.request.spec import StudySpec
+from study.store.fs import StudyPaths, check_name, read_json, read_parquet, resolve_storage
+from study.store.layout import FINISHED, Status
+from study.store.state import last_write, lock_state
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 # FINISHED: done for good; STOPPED ends early by design.
@@ -47,12 +46,11 @@ class TrialView:
 def status(name: str, storage: str = "studies") -> dict[str, Any]:
     """The study's state as plain JSON-able values; StudyError when it cannot be read."""
     paths = StudyPaths(resolve_storage(storage), check_name(name, "NAME"))
-    fs = paths.storage.fs
     if not paths.exists():
         raise StudyError(
             f"no study {name!r} at {paths.display(paths.experiment)} (check NAME and --storage)"
         )
-    lock = _lock_state(paths)
+    lock = lock_state(paths)
     spec = _read_spec(paths, lock)
     trials = _read_trials(paths)
     space, planned, steps_per_new = _plan(spec)
@@ -87,7 +85,7 @@ def status(name: str, storage: str = "studies") -> dict[str, Any]:
         },
         "steps": {"done": steps_done, "total": steps_total, "ended_early": ended_early},
         "best": _best(trials, metric, mode),
-        "last_write": _last_write(fs, paths),
+        "last_write": last_write(paths),
         "lock": lock,
     }
 
@@ -178,53 +176,6 @@ def _add_results(
             number = isinstance(value, int | float) and not isinstance(value, bool)
             view.metric = float(value) if number and math.isfinite(value) else None
             view.swept = {k: row[k] for k in swept if k in row}
-
-
-def _lock_state(paths: StudyPaths) -> dict[str, Any]:
-    fs = paths.storage.fs
-    path = lock_path(paths.experiment)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return {"state": "none", "holder": None, "text": "not held: no driver runs this study"}
-    holder = read_holder(path, fs)
-    if holder is None:
-        return {
-            "state": "unreadable",
-            "holder": None,
-            "text": f"{paths.display(path)} is empty or unreadable (a driver may be starting)",
-        }
-    import socket
-
-    here = holder.get("host") == socket.gethostname()
-    if not is_live(holder):
-        text = f"stale: left by {describe(holder)}, which no longer runs (the next driver takes it)"
-        return {"state": "stale", "holder": holder, "text": text}
-    if here:
-        return {"state": "held", "holder": holder, "text": f"held by {describe(holder)}"}
-    text = f"held by {describe(holder)}: another host, so it cannot be checked from here"
-    return {"state": "held_elsewhere", "holder": holder, "text": text}
-
-
-def _last_write(fs: pafs.FileSystem, paths: StudyPaths) -> dict[str, Any] | None:
-    """The newest file of the study (its lock aside: it is written once, when a driver starts)."""
-    infos = fs.get_file_info(pafs.FileSelector(paths.experiment, recursive=True))
-    newest = None
-    for info in infos:
-        if info.type != pafs.FileType.File or info.mtime is None:
-            continue
-        if PurePosixPath(info.path).name == LOCK_FILE:
-            continue
-        if newest is None or info.mtime > newest.mtime:
-            newest = info
-    if newest is None:
-        return None
-    at = newest.mtime.astimezone(dt.UTC) if newest.mtime.tzinfo else newest.mtime
-    at = at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at
-    ago = (dt.datetime.now(tz=dt.UTC) - at).total_seconds()
-    return {
-        "at": at.isoformat(timespec="seconds"),
-        "seconds_ago": round(max(ago, 0.0), 1),
-        "file": paths.display(newest.path),
-    }
 
 
 # ---------------------------------------------------------------- the plan, without Ray

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 # Fast, quiet, loopback-only Ray for tests: frequent experiment snapshots, one pending trial
-# at a time, no usage stats (and study.cluster.LOOPBACK_ENV).
+# at a time, no usage stats (and study.execute.cluster.LOOPBACK_ENV).
 RAY_TEST_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
@@ -26,6 +26,11 @@ RAY_TEST_ENV = {
 }
 for _key, _value in RAY_TEST_ENV.items():
     os.environ.setdefault(_key, _value)
+
+# A Plan's param_space() and search_alg() reach the Tune builders that study.execute.search
+# registers when imported (study.plan imports no Ray, so it cannot import them itself); tests
+# that call those methods on a Plan find them here. The import does not import Ray.
+import study.execute.search  # noqa: E402, F401
 
 RAY_CPUS = 2
 RAY_GPUS = 1  # a logical GPU: lets CI schedule fractional-GPU trials on a CPU-only machine

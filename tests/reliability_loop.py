@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     kills = refused = named = rivals = starts = 0
     first = ["--space", "smoke", "--name", "loop", *SETS]
     resume = ["--resume", "--name", "loop"]
-    lock = storage / "loop" / "study.lock"
+    lock = storage / "loop" / "study.store.lock"
     code = None
     while code is None:
         zone = rng.choice(ZONES)

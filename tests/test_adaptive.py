@@ -21,18 +21,12 @@ import pytest
 from ray import tune
 
 import search_spaces
-from study.adaptive import (
-    FINISHED,
-    Options,
-    Planner,
-    candidate_ns,
-    k_for_n,
-    n_of_k,
-    snap_n,
-)
 from study.errors import StudyError
+from study.execute.search import param_space, search_alg
 from study.plan import build_plan
-from study.spec import StudySpec
+from study.plan.adaptive_fit import candidate_ns, k_for_n, n_of_k, snap_n
+from study.plan.adaptive_planner import FINISHED, Options, Planner
+from study.request.spec import StudySpec
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 1000  # k_adaptive's total_steps
@@ -126,7 +120,7 @@ def test_a_restored_planner_proposes_what_an_unbroken_one_would() -> None:
 
 def test_the_searcher_saves_and_restores_its_state(tmp_path: Path) -> None:
     """Searcher.save / restore, as Tune calls them with each experiment snapshot."""
-    from study.adaptive import make_searcher
+    from study.execute.adaptive_searcher import make_searcher
 
     plan = _plan(smoke=False)
     a, b = make_searcher(plan), make_searcher(plan)
@@ -151,7 +145,7 @@ def test_the_searcher_saves_and_restores_its_state(tmp_path: Path) -> None:
 def test_spaces_it_cannot_serve_are_refused_in_one_line(overrides: dict, message: str) -> None:
     import dataclasses
 
-    from study.adaptive import check_space
+    from study.plan.adaptive_planner import check_space
 
     space = search_spaces.get("k_adaptive")
     grid = {k: v for k, v in overrides.items() if isinstance(v, list)}
@@ -193,11 +187,11 @@ class InterruptAfter(tune.Callback):
 def _tuner(plan: Any, storage: Path, name: str, callbacks: list, **extra: Any) -> Any:
     return tune.Tuner(
         adaptive_fake_trial,
-        param_space={**plan.param_space(), "total_steps": T, **extra},
+        param_space={**param_space(plan), "total_steps": T, **extra},
         tune_config=tune.TuneConfig(
             metric=plan.metric,
             mode=plan.mode,
-            search_alg=plan.search_alg(),
+            search_alg=search_alg(plan),
             num_samples=plan.tune_num_samples,
             max_concurrent_trials=2,
             reuse_actors=True,
@@ -212,7 +206,7 @@ def _proposed(experiment: Path) -> list[tuple[Any, int]]:
     """(K, seed) in proposal order, from the latest saved searcher state."""
     import pyarrow.fs as pafs
 
-    from study.adaptive import saved_planner
+    from study.execute.adaptive_searcher import saved_planner
 
     planner = saved_planner(pafs.LocalFileSystem(), str(experiment))
     assert planner is not None
@@ -253,7 +247,7 @@ def test_in_tune_the_searcher_ends_the_study_when_the_transition_lies_below_one_
 ) -> None:
     import pyarrow.fs as pafs
 
-    from study.adaptive import stopped_at
+    from study.execute.adaptive_searcher import stopped_at
 
     plan = _plan(smoke=False, num_samples=30)
     results = _tuner(plan, storage, "below_one", [], true_n50=0.2).fit()
@@ -263,7 +257,7 @@ def test_in_tune_the_searcher_ends_the_study_when_the_transition_lies_below_one_
 
 
 def make_options(plan: Any) -> Options:
-    from study.adaptive import check_space
+    from study.plan.adaptive_planner import check_space
 
     return check_space(plan.space)[1]
 
@@ -299,7 +293,7 @@ def test_a_searcher_that_stopped_early_says_how_many_trials_its_study_has(tmp_pa
     """The service counts an adaptive study finished at the searcher's stop, not num_samples."""
     import pyarrow.fs as pafs
 
-    from study.adaptive import make_searcher, stopped_at
+    from study.execute.adaptive_searcher import make_searcher, stopped_at
 
     fs = pafs.LocalFileSystem()
     assert stopped_at(fs, str(tmp_path)) is None  # no state saved yet
@@ -317,7 +311,7 @@ def test_the_report_draws_adaptive_points_in_proposal_order(tmp_path: Path) -> N
     import reports
     from reports._errors import NothingToPlot
     from reports._plot_adaptive import adaptive_groups, plot_adaptive
-    from study.results import TRIALS_SCHEMA
+    from study.store.layout import TRIALS_SCHEMA
     from tests.report_data import make_study, write_parquet
 
     grid = make_study(tmp_path / "grid", ks=(1, 3, 10, 30, math.inf), seeds=(0, 1, 2),

@@ -1,7 +1,7 @@
 """Contracts between the packages: the science's records, the service's results layout and the
 reader agree, and the imports run one way (`study` → `trainables`; `reports` imports none).
 
-The layout is defined once, in `study.results`; `reports` reads it from the files. These tests
+The layout is defined once, in `study.store.layout`; `reports` reads it from the files. These tests
 hold the three to each other instead of to a second list.
 """
 
@@ -18,7 +18,8 @@ import pytest
 
 from study import ray_internals
 from study.errors import StudyError
-from study.results import (
+from study.execute.cluster import check_ray_version
+from study.store.layout import (
     LAYOUT_KEY,
     LAYOUT_VERSION,
     METRICS_SCHEMA,
@@ -169,7 +170,10 @@ def test_resume_rewrites_a_finished_trials_phases_from_its_checkpoint_and_skips_
 ):
     """verify_finished: a missing phases file comes back from the checkpoint; a checkpoint made
     before the phases table (no phases.parquet) leaves none and is no error."""
-    from study.results import (
+    from study.execute.resume import verify_finished
+    from study.execute.trainable import PHASES_FILE, ROWS_FILE
+    from study.store.fs import StudyPaths, resolve_storage
+    from study.store.layout import (
         METRICS_SCHEMA,
         config_columns,
         metric_columns,
@@ -178,9 +182,6 @@ def test_resume_rewrites_a_finished_trials_phases_from_its_checkpoint_and_skips_
         phases_file,
         table,
     )
-    from study.storage import StudyPaths, resolve_storage
-    from study.trainable import PHASES_FILE, ROWS_FILE
-    from study.verify import verify_finished
     from trainables import Trial
 
     paths = StudyPaths(resolve_storage(str(tmp_path)), "s")
@@ -247,13 +248,13 @@ def _fake_trial(tmp_path: Path, last: dict, status: str = "TERMINATED") -> types
     ],
 )
 def test_a_trial_tune_ended_before_total_steps_is_stopped(tmp_path: Path, last, expected):
-    from study.writer import trial_status
+    from study.execute.writer import trial_status
 
     assert trial_status(_fake_trial(tmp_path, last)) == expected
 
 
 def test_a_stopped_trial_keeps_the_rows_it_reported_after_its_last_checkpoint(tmp_path: Path):
-    from study.writer import TrialsWriter
+    from study.execute.writer import TrialsWriter
 
     writer = TrialsWriter("study")
     trial = _fake_trial(tmp_path, {}, status="RUNNING")
@@ -276,18 +277,19 @@ def test_a_stopped_trial_keeps_the_rows_it_reported_after_its_last_checkpoint(tm
 # ---- the tested Ray versions ---------------------------------------------------------------
 @pytest.mark.parametrize("version", ["2.50.0", "2.60.0", "2.60.3rc1"])
 def test_tested_ray_versions_pass(version: str):
-    ray_internals.check_ray_version(version)
+    assert ray_internals.ray_version_problem(version) is None
 
 
 @pytest.mark.parametrize("version", ["2.49.1", "2.61.0", "3.0.0", ""])
 def test_an_untested_ray_version_is_refused_before_ray_is_used(
     version: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
 ):
+    assert "ray[tune]>=2.50,<2.61" in (ray_internals.ray_version_problem(version) or "")
+    monkeypatch.setattr(ray_internals, "installed_ray_version", lambda: version)
     with pytest.raises(StudyError, match=r"ray\[tune\]>=2\.50,<2\.61"):
-        ray_internals.check_ray_version(version)
+        check_ray_version()
     from study.run import main
 
-    monkeypatch.setattr(ray_internals, "installed_ray_version", lambda: version)
     storage = tmp_path / "studies"
     assert main(["--space", "smoke", "--storage", str(storage)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

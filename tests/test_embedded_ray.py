@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = textwrap.dedent(
     """
     import json, sys, time
-    from study.cluster import connect
+    from study.execute.cluster import connect
     from study.ray_internals import stop_autoscaler_monitor as _stop_autoscaler_monitor
     from ray._private import ray_constants, worker
     import psutil  # ships inside Ray: importing ray put it on sys.path
@@ -28,7 +28,7 @@ CHILD = textwrap.dedent(
     assert "ray.tune" not in sys.modules
     connection = connect(None)
     assert connection.owned
-    assert "study.tuner" in sys.modules and "torch" not in sys.modules  # imported during init
+    assert "study.execute.tuner" in sys.modules and "torch" not in sys.modules  # imported during init
     node = worker._global_node
     processes = {kind: [info.process for info in infos]
                  for kind, infos in node.all_processes.items()}

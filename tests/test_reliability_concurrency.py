@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from ray import tune
 
-from study import lock
 from study.errors import StudyError
 from study.run import main
 from study.service import StudyOptions, run_study
+from study.store import lock
 from tests.test_reliability_faults import _check_exact, _driver, _kill_group, _wait
 from tests.test_study_smoke import _tree
 
@@ -82,7 +82,8 @@ def test_a_new_study_killed_while_ray_started_can_be_started_again(
     says to start it again (before: "study.json is missing", and the name was lost)."""
     import pyarrow.fs as pafs
 
-    from study.storage import StudyPaths, check_fresh, resolve_storage
+    from study.store.fs import StudyPaths, resolve_storage
+    from study.store.state import check_fresh
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from study.results import METRIC_NAMES
 from study.service import StudyOptions, run_study
+from study.store.layout import METRIC_NAMES
 from tests.test_study_cluster import _valid_state
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -274,7 +274,7 @@ def test_a_killed_driver_loses_no_checkpointed_work(
 def test_checkpoint_staging_folders_of_dead_trials_are_removed(tmp_path: Path) -> None:
     """Issue 13, "Also": `ilstudy-ckpt-*` folders of a trial process killed mid-checkpoint
     stayed in the temp dir for ever. A live process's folder is kept."""
-    from study.trainable import remove_stale_checkpoint_dirs
+    from study.execute.trainable import remove_stale_checkpoint_dirs
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -129,7 +129,7 @@ def test_a_node_that_does_not_answer_the_storage_probe_is_named(
     ray_session: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before, the probe's GetTimeoutError escaped as a traceback from `python -m study.run`."""
-    import study.cluster as cluster
+    import study.execute.cluster as cluster
     from study.errors import StudyError
 
     monkeypatch.setattr(cluster, "PROBE_TIMEOUT_S", 0.0)
@@ -214,7 +214,7 @@ def test_an_unreachable_storage_uri_is_refused_within_its_time_bound(
     that does not exist) it ends within the bound, with one line."""
     import time
 
-    import study.storage as storage_module
+    import study.store.fs as storage_module
 
     monkeypatch.setattr(storage_module, "STORAGE_TIMEOUT_S", 3.0)
     t0 = time.monotonic()
@@ -230,7 +230,7 @@ def test_an_unreachable_storage_uri_is_refused_within_its_time_bound(
 def test_bounded_storage_calls_give_up_and_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    import study.storage as storage_module
+    import study.store.fs as storage_module
     from study.errors import StudyError
 
     monkeypatch.setattr(storage_module, "STORAGE_TIMEOUT_S", 0.2)
@@ -278,6 +278,6 @@ def test_a_live_port_that_is_not_ray_is_refused_within_seconds(
 
 @pytest.mark.ray
 def test_the_ray_gcs_passes_the_address_probe(ray_session: Any) -> None:
-    from study.cluster import check_reachable
+    from study.execute.cluster import check_reachable
 
     check_reachable(ray_session.get_runtime_context().gcs_address)

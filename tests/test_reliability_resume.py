@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-import study.writer as writer_module
+import study.execute.writer as writer_module
 from study.run import main
 from study.service import EXIT_ERRORED, StudyOptions, run_study
 from tests.test_reliability_concurrency import Interrupt

@@ -16,7 +16,7 @@ import torch
 import search_spaces
 from study.errors import StudyError
 from study.plan import build_plan
-from study.spec import StudySpec
+from study.request.spec import StudySpec
 from tests.oracles import tiny_config
 from trainables import Trial, TrialConfig, load_data
 from trainables.catalog import DataFileError

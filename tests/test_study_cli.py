@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from study.run import main
-from study.storage import SPEC_FILE
+from study.store.fs import SPEC_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -140,7 +140,7 @@ def test_the_study_driver_imports_neither_torch_nor_sklearn() -> None:
     """The driver validates, schedules and writes Parquet; torch (3 s to import here) and
     scikit-learn load only in trial processes."""
     code = (
-        "import sys, study.run, study.service, study.tuner, study.writer, study.plan; "
+        "import sys, study.run, study.service, study.execute.tuner, study.execute.writer, study.plan; "
         "from study.service import prepare, StudyOptions; prepare(StudyOptions(space='k_sweep', "
         "storage=sys.argv[1])); print(sorted({'torch', 'sklearn'} & set(sys.modules)))"
     )

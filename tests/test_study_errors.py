@@ -50,7 +50,7 @@ def test_errored_trial_is_retried_only_when_asked(
     assert errored["finished_at"] is not pd.NaT and errored["step"] < TOTAL
     rows_before = pd.read_parquet(storage / "smoke" / "results" / "metrics")
     # Ray 2.60 sometimes snapshots a trial whose worker died as still RUNNING (see
-    # study.reconcile); make that happen every time, so the resume below must rely on
+    # study.execute.resume); make that happen every time, so the resume below must rely on
     # trials.parquet rather than on winning Ray's race.
     assert _set_snapshot_status(storage / "smoke", "RUNNING") == 1
 

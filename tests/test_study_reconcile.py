@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from study.reconcile import mark_errored, reconcile_errored
-from study.storage import StudyPaths, resolve_storage
+from study.execute.resume import mark_errored, reconcile_errored
+from study.store.fs import StudyPaths, resolve_storage
 
 
 def _pair(trial_id: str, status: str) -> list[str]:

@@ -17,9 +17,9 @@ from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 import reports
-from study.asha import CellASHA
 from study.errors import StudyError
-from study.schedulers import check_scheduler, records_per_trial
+from study.execute.asha import CellASHA
+from study.plan.schedulers import check_scheduler, records_per_trial
 from study.service import EXIT_INTERRUPTED, StudyOptions, prepare, run_study
 
 SPACE = """\

@@ -14,9 +14,9 @@ import pytest
 from ray.tune import Callback
 
 import search_spaces
-from study.results import CONFIG_NAMES, METRIC_NAMES
 from study.run import main
 from study.service import Outcome, StudyOptions, run_study
+from study.store.layout import CONFIG_NAMES, METRIC_NAMES
 from trainables import TrialConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -151,7 +151,7 @@ def test_an_existing_name_without_resume_is_refused_untouched(
 def test_resume_refuses_a_damaged_experiment_state(
     smoke_study: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
 ) -> None:
-    """Ray would silently start over (study.storage.check_resumable); we exit 2 naming the file."""
+    """Ray would silently start over (study.store.fs.check_resumable); we exit 2 naming the file."""
     storage = tmp_path / "copy"
     shutil.copytree(smoke_study[0], storage)
     experiment = storage / "smoke"

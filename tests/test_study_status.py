@@ -15,9 +15,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from study.lock import LOCK_FILE, this_holder
 from study.service import StudyOptions, run_study
 from study.status import main, status
+from study.store.lock import LOCK_FILE, this_holder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,7 +155,7 @@ def test_no_parquet_reader_hands_arrow_a_python_buffer() -> None:
     """An Arrow worker that frees a Python-owned buffer needs the GIL; during interpreter
     finalisation it is ended inside a C++ destructor and the process aborts (SIGABRT) after
     printing its answer. Every reader of study/ and reports/ must give Arrow its own memory
-    (study.storage.read_parquet, or a path), never an io.BytesIO or bytes."""
+    (study.store.fs.read_parquet, or a path), never an io.BytesIO or bytes."""
     import ast
 
     offenders = []

@@ -9,11 +9,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-import study.cluster as cluster
-import study.storage as storage_module
+import study.execute.cluster as cluster
+import study.store.fs as storage_module
 from study.errors import StudyError
-from study.results import METRICS_SCHEMA, table, unique_by_step, write_trial_metrics
-from study.storage import StudyPaths, check_name, resolve_storage, write_parquet_atomic
+from study.store.fs import StudyPaths, check_name, resolve_storage, write_parquet_atomic
+from study.store.layout import METRICS_SCHEMA, table, unique_by_step, write_trial_metrics
 
 
 @pytest.mark.parametrize("name", ["k_sweep", "run-2", "a.b", "X1"])

@@ -171,7 +171,7 @@ def test_the_cli_refuses_a_missing_tracker_with_exit_2_and_one_line(tmp_path: Pa
 def test_trackers_bring_no_torch_into_the_driver(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from study.trackers import tracker_callbacks\n"
+        "from study.execute.tracker_callbacks import tracker_callbacks\n"
         f"tracker_callbacks(['mlflow', 'wandb', 'tensorboard'], 'x', {str(tmp_path)!r})\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )

@@ -10,12 +10,16 @@ from typing import Any, TextIO
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+from study.execute.asha import bind_state, make_scheduler
+from study.execute.progress import ProgressLine
+from study.execute.search import param_space, search_alg
+from study.execute.tracker_callbacks import tracker_callbacks
+from study.execute.trainable import AdapterSettings, make_trainable
+from study.execute.writer import TrialsWriter
 from study.plan import Plan
-from study.progress import ProgressLine
-from study.spec import StudySpec
-from study.storage import StudyPaths
-from study.trainable import AdapterSettings, make_trainable
-from study.writer import TrialsWriter
+from study.plan.schedulers import STATE_FILE
+from study.request.spec import StudySpec
+from study.store.fs import StudyPaths
 
 
 def trainable(spec: StudySpec, name: str) -> Any:
@@ -58,9 +62,6 @@ def build_tuner(
     estimate_s: float | None = None,
 ) -> tune.Tuner:
     """A fresh Tuner that writes Tune's experiment into `<storage>/<name>/`."""
-    from study.schedulers import STATE_FILE, make_scheduler
-    from study.trackers import tracker_callbacks
-
     local_dir = paths.experiment if paths.storage.is_local else None
     trackers = tracker_callbacks(spec.trackers, paths.name, local_dir)
     scheduler = make_scheduler(
@@ -97,7 +98,7 @@ def build_tuner(
     tune_config = tune.TuneConfig(
         metric=plan.metric,
         mode=plan.mode,
-        search_alg=plan.search_alg(spec.max_concurrent),
+        search_alg=search_alg(plan, spec.max_concurrent),
         scheduler=scheduler,
         num_samples=plan.tune_num_samples,
         max_concurrent_trials=spec.max_concurrent or None,
@@ -105,7 +106,7 @@ def build_tuner(
     )
     return tune.Tuner(
         trainable(spec, paths.name),
-        param_space=plan.param_space(),
+        param_space=param_space(plan),
         tune_config=tune_config,
         run_config=run_config,
     )
@@ -118,8 +119,6 @@ def restore_tuner(spec: StudySpec, paths: StudyPaths, retry_errored: bool) -> tu
     the scheduler it pickled at the start: that one reloads its races from the study's folder.
     """
     if spec.scheduler != "fifo":
-        from study.schedulers import STATE_FILE, bind_state
-
         bind_state(paths.name, (paths.storage.fs, f"{paths.experiment}/{STATE_FILE}"))
     return tune.Tuner.restore(
         paths.display(paths.experiment),

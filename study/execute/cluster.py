@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import math
 import os
 import socket
 import threading
@@ -14,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from study import ray_internals
 from study.errors import StudyError
 from study.ray_internals import EMBEDDED_INIT, stop_autoscaler_monitor
-from study.storage import Storage
+from study.store.fs import Storage
 
 CONNECT_TIMEOUT_S = 3.0
 PROBE_TIMEOUT_S = 120.0  # each node must answer the shared-storage probe within this
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: study/execute/ is two below
 SHIPPED_PACKAGES = ("study", "trainables", "search_spaces")  # what every node must import
 
 # Quiet workers and Tune's own console output; our progress line is the output.
@@ -132,7 +132,7 @@ def connect(address: str | None, verbose: bool = False) -> Connection:
     if address:
         ray.init(address=address, runtime_env=runtime_env(), **common)
     else:
-        preload = _import_in_background("study.tuner")
+        preload = _import_in_background("study.execute.tuner")
         try:
             # address="local": never attach to a cluster a stale `ray_current_cluster` file
             # names (one left by a dead cluster would make a plain ray.init() try to).
@@ -157,6 +157,20 @@ def _import_in_background(module: str) -> threading.Thread:
     return thread
 
 
+def check_ray_version() -> None:
+    """StudyError unless the installed Ray is in the tested range (study.ray_internals)."""
+    problem = ray_internals.ray_version_problem()
+    if problem:
+        raise StudyError(problem)
+
+
+def cluster_cpus() -> float:
+    """The connected cluster's CPUs."""
+    import ray
+
+    return ray.cluster_resources().get("CPU", 1.0)
+
+
 def alive_nodes() -> list[dict[str, Any]]:
     import ray
 
@@ -165,7 +179,6 @@ def alive_nodes() -> list[dict[str, Any]]:
 
 def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
     """Refuse resources no node can give (Tune would otherwise wait for ever)."""
-    check_resource_values(cpus_per_trial, gpus_per_trial)
     nodes = alive_nodes()
     best_cpu = max((n["Resources"].get("CPU", 0.0) for n in nodes), default=0.0)
     best_gpu = max((n["Resources"].get("GPU", 0.0) for n in nodes), default=0.0)
@@ -180,28 +193,6 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
             f"no node can run a trial with --cpus-per-trial {cpus_per_trial:g} "
             f"--gpus-per-trial {gpus_per_trial:g}: the largest node has {best_cpu:g} CPUs "
             f"and {best_gpu:g} GPUs (allowed: up to those)"
-        )
-
-
-def check_resource_values(cpus_per_trial: float, gpus_per_trial: float) -> None:
-    """Shape checks that need no cluster."""
-    if not (math.isfinite(cpus_per_trial) and cpus_per_trial > 0):
-        raise StudyError(
-            f"--cpus-per-trial {cpus_per_trial:g}: must be a number > 0, e.g. 1 or 0.5"
-        )
-    if not (math.isfinite(gpus_per_trial) and gpus_per_trial >= 0):
-        raise StudyError(f"--gpus-per-trial {gpus_per_trial:g}: must be a number >= 0, e.g. 0.25")
-    for flag, value in (("--cpus-per-trial", cpus_per_trial), ("--gpus-per-trial", gpus_per_trial)):
-        # Ray keeps resource quantities in units of 0.0001 and rejects finer ones with a
-        # traceback once the study exists.
-        if abs(value * 10_000 - round(value * 10_000)) > 1e-6:
-            raise StudyError(
-                f"{flag} {value:g}: Ray's resolution is 0.0001; use at most 4 decimal places"
-            )
-    if gpus_per_trial > 1 and not float(gpus_per_trial).is_integer():
-        raise StudyError(
-            f"--gpus-per-trial {gpus_per_trial:g}: a fraction must be < 1; "
-            "above 1 use whole GPUs (Ray's rule)"
         )
 
 

@@ -1,6 +1,6 @@
 """The study lock: one driver per study, claimed atomically before anything else is written.
 
-The lock is the file `<storage>/<study>/study.lock`, created with O_CREAT|O_EXCL and holding
+The lock is the file `<storage>/<study>/study.store.lock`, created with O_CREAT|O_EXCL and holding
 JSON `{"host", "pid", "created_at" (ISO-8601 UTC), "command"}`. Other tools (the status view)
 read it with `read_holder` and `is_live`.
 
@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 
 from study.errors import StudyError
 
-LOCK_FILE = "study.lock"
+LOCK_FILE = "study.store.lock"
 
 
 class LockHeld(StudyError):
@@ -143,7 +143,7 @@ def acquire(
                 os.mkdir(experiment)
             except FileExistsError:
                 holder = read_holder(path, fs)
-                if _only_stale_lock(experiment, holder):
+                if only_a_stale_lock(fs, experiment):
                     # A new study killed while Ray started left only its lock: start again.
                     return acquire(
                         fs, experiment, break_lock=break_lock, command=command, display=display
@@ -262,12 +262,17 @@ def _create_best_effort(
         raise LockHeld(f"study is locked by {describe(back)} ({shown}); it claimed it meanwhile")
 
 
-def _only_stale_lock(experiment: str, holder: dict[str, Any] | None) -> bool:
+def only_a_stale_lock(fs: pafs.FileSystem, experiment: str) -> bool:
+    """The study folder holds nothing but a dead driver's lock: a new study killed while Ray
+    started, before it wrote anything else. Such a name may be started again."""
     try:
-        names = os.listdir(experiment)
-    except OSError:
+        infos = fs.get_file_info(pafs.FileSelector(experiment))
+    except (OSError, ValueError):
         return False
-    return names == [LOCK_FILE] and holder is not None and not is_live(holder)
+    if [PurePosixPath(i.path).name for i in infos] != [LOCK_FILE]:
+        return False
+    holder = read_holder(lock_path(experiment), fs)
+    return holder is not None and not is_live(holder)
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -17,26 +17,20 @@ Here:
   choice by name can only pick the chosen one.
 
 This reads Tune's on-disk file names (`<prefix>-<session>.<ext>`) and one field of its
-experiment state, both through study.ray_internals: Tune offers no public API to choose the
+experiment state, both through study.store.tune_files: Tune offers no public API to choose the
 snapshot a restore uses.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import PurePosixPath
 
-from study.ray_internals import (
-    STATE_PREFIX,
-    driver_staging_folders,
-    session_of,
-    snapshot_start_time,
-)
-from study.storage import StudyPaths, experiment_files, write_json_atomic
+from study.store.fs import StudyPaths, experiment_files, write_json_atomic
+from study.store.tune_files import STATE_PREFIX, session_of, snapshot_start_time
 
 MARK_FILE = "snapshot.json"  # {"restored_from": "<experiment_state-....json>"}
-__all__ = ["choose", "keep_only", "prune_driver_staging", "restored_from", "session_of"]
+__all__ = ["choose", "keep_only", "restored_from", "session_of"]
 
 
 def _state_names(names: list[str]) -> list[str]:
@@ -105,26 +99,4 @@ def keep_only(paths: StudyPaths, chosen: str) -> list[str]:
             fs.delete_file(str(PurePosixPath(paths.experiment, name)))
             removed.append(name)
     write_json_atomic(fs, _mark_path(paths), {"restored_from": chosen})
-    return removed
-
-
-def prune_driver_staging(experiment_name: str, chosen: str) -> list[str]:
-    """Delete other sessions' files from this Ray session's driver staging folders of the study.
-
-    Tune stages its snapshot and pickles in a local folder of the Ray session (reused when one
-    Ray session, e.g. a long-running cluster, runs several drivers of a study), restores its
-    searcher from there, and uploads the whole folder at each snapshot: stale files left there
-    would come back to storage. The folders are Ray's (study.ray_internals).
-    """
-    session = session_of(chosen)
-    removed = []
-    for folder in driver_staging_folders(experiment_name):
-        for name in os.listdir(folder):
-            other = session_of(name)
-            if other is not None and other != session:
-                try:
-                    os.unlink(os.path.join(folder, name))
-                    removed.append(name)
-                except OSError:
-                    pass
     return removed

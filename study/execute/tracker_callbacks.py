@@ -1,5 +1,5 @@
-"""Experiment trackers as views: MLflow, Weights & Biases and TensorBoard, through Tune's own
-logger callbacks. The Parquet files stay the record of truth; a tracker only shows the runs.
+"""Experiment trackers as Tune callbacks: MLflow, Weights & Biases and TensorBoard, through
+Tune's own logger callbacks (the checks a study passes first are in `study.plan.trackers`). The Parquet files stay the record of truth; a tracker only shows the runs.
 
 Each tracker's package is an optional extra (`pip install 'ilstudy[mlflow]'`); asking for one
 that is not installed is refused before anything is written. None of them may bring torch
@@ -8,7 +8,6 @@ into the driver, which needs no torch (tests check it).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -16,25 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from study.errors import StudyError
-
-# tracker → (module it needs, the extra that installs it)
-TRACKERS = {
-    "mlflow": ("mlflow", "mlflow"),
-    "wandb": ("wandb", "wandb"),
-    "tensorboard": ("tensorboardX", "tensorboard"),
-}
-
-
-def check_trackers(names: Sequence[str]) -> None:
-    """StudyError naming the extra for a tracker that is unknown or not installed."""
-    for name in names:
-        if name not in TRACKERS:
-            raise StudyError(f"--tracker {name}: must be one of {', '.join(TRACKERS)}")
-        module, extra = TRACKERS[name]
-        if importlib.util.find_spec(module) is None:
-            raise StudyError(
-                f"--tracker {name} needs the {module} package: pip install 'ilstudy[{extra}]'"
-            )
+from study.plan.trackers import MLFLOW_REMOTE, check_trackers
 
 
 @contextmanager
@@ -70,7 +51,7 @@ def tracker_callbacks(names: Sequence[str], study: str, study_dir: str | None) -
             uri = os.environ.get("MLFLOW_TRACKING_URI")
             if not uri:
                 if study_dir is None:
-                    raise StudyError("--tracker mlflow on remote storage needs MLFLOW_TRACKING_URI")
+                    raise StudyError(MLFLOW_REMOTE)
                 uri = "file://" + os.path.join(study_dir, "mlruns")
                 # MLflow 3 keeps its file store only on request; it needs no server
                 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")

@@ -1,4 +1,7 @@
-"""From a space and the study's options to a validated Tune search (param space, searcher)."""
+"""A request becomes a plan: the effective space, the searcher and the trial counts, as pure
+data, after every check that needs no cluster (configs, data, schedulers, trackers, resources
+on the embedded Ray, searcher options), and the time estimate. No Ray: study.execute turns a
+plan into Tune objects."""
 
 from __future__ import annotations
 
@@ -6,47 +9,39 @@ import dataclasses
 import functools
 import itertools
 import math
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import search_spaces
-from search_spaces import Choice, LogUniform, Space, Uniform
+from search_spaces import Choice, Space
 from study.errors import StudyError
-from study.spec import StudySpec
+from study.plan.adaptive_planner import check_space
+from study.plan.resources import embedded_problem
+from study.plan.schedulers import check_scheduler
+from study.plan.trackers import check_tracker_storage, check_trackers
+from study.request.options import Request
+from study.request.space import default_num_samples, get_space
+from study.request.spec import StudySpec
+from study.store.fs import StudyPaths
 from trainables import DatasetMissingError, TrialConfig
 from trainables.catalog import DataFileError, check_available
+
+__all__ = [
+    "Plan",
+    "Prepared",
+    "build_plan",
+    "calibration",
+    "default_num_samples",
+    "estimate_seconds",
+    "get_space",
+    "plan_request",
+    "trial_seconds",
+]
 
 SEED_STRIDE = 1000  # repeat r of a grid uses seed + r·SEED_STRIDE
 _MAX_CHECKED = 20_000  # configs validated one by one before a study starts, and trials at most
 CALIBRATION = "calibration.json"  # in search_spaces/, written by benchmarks/calibrate.py
-
-
-def get_space(name: str, stored: Mapping[str, Any] | None = None) -> Space:
-    """A built-in space by name, a space file (`--space path.toml`), or a study's stored copy
-    of a file's space (`stored`, from its study.json: a resume needs the file no more)."""
-    from search_spaces import from_file
-
-    try:
-        if stored is not None:
-            return from_file.from_definition(stored, f"the space stored for {name!r}")
-        if from_file.is_space_file(name):
-            return from_file.load(name)
-        return search_spaces.get(name)
-    except from_file.SpaceFileError as exc:
-        raise StudyError(str(exc)) from None
-    except KeyError:
-        raise StudyError(
-            f"unknown space {name!r}; allowed: {', '.join(search_spaces.names())} (see --list), "
-            "or a space file ending in .toml"
-        ) from None
-
-
-def default_num_samples(space: Space, searcher: str) -> int:
-    """grid: one pass; random/optuna/adaptive: the space's sample count, or its grid size."""
-    if searcher == "grid":
-        return 1
-    return space.num_samples if space.searcher != "grid" else space.grid_size()
 
 
 @dataclass(frozen=True)
@@ -66,54 +61,57 @@ class Plan:
     def mode(self) -> str:
         return self.space.mode
 
+    # Tune's param space and searcher for a plan are built in study.execute.search, the only
+    # package that imports Ray; it registers its builders in _TUNE when imported, so callers
+    # holding a Plan reach them without this package importing execute.
     def param_space(self) -> dict[str, Any]:
-        """Tune's param_space: fixed values plus grid_search / choice / distributions."""
-        from ray import tune
-
-        out: dict[str, Any] = dict(self.space.fixed)
-        defaults = TrialConfig()
-        for ref in self.space.references:  # Tune takes a preset only for a key it knows
-            for key in ref:
-                if key not in self.space.grid and key not in self.space.distributions:
-                    out.setdefault(key, _plain(getattr(defaults, key)))
-        for key, values in self.space.grid.items():
-            out[key] = (
-                tune.grid_search(list(values))
-                if self.searcher == "grid"
-                else tune.choice(list(values))
-            )
-        for key, dist in self.space.distributions.items():
-            if isinstance(dist, LogUniform):
-                out[key] = tune.loguniform(dist.low, dist.high)
-            elif isinstance(dist, Uniform):
-                out[key] = tune.uniform(dist.low, dist.high)
-            else:
-                out[key] = tune.choice(list(dist.values))
-        return out
+        """Tune's param_space (study.execute.search.param_space)."""
+        return _tune("param_space")(self)
 
     def search_alg(self, max_concurrent: int = 0) -> Any:
-        """The grid (with its reference arms first), a seeded random, Optuna or adaptive searcher.
+        """Tune's search algorithm (study.execute.search.search_alg)."""
+        return _tune("search_alg")(self, max_concurrent)
 
-        Tune applies `max_concurrent_trials` to a `Searcher` only, so the variant generators of
-        grid and random search get the limit here.
-        """
-        from ray.tune.search import BasicVariantGenerator
 
-        if self.searcher == "grid":
-            points = self.space.reference_points()
-            if not points:
-                return None
-            _quiet_preset_warnings()
-            return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_concurrent)
-        if self.searcher == "random":
-            return BasicVariantGenerator(random_state=0, max_concurrent=max_concurrent)
-        if self.searcher == "adaptive":
-            from study.adaptive import make_searcher
+_TUNE: dict[str, Callable[..., Any]] = {}
 
-            return make_searcher(self)
-        from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=0)  # metric and mode are set once, in TuneConfig
+def _tune(name: str) -> Callable[..., Any]:
+    if name not in _TUNE:
+        raise RuntimeError(f"Plan.{name} needs study.execute.search imported (it imports Ray)")
+    return _TUNE[name]
+
+
+@dataclass
+class Prepared:
+    """A request with its plan: everything the driver needs, all checked."""
+
+    spec: StudySpec
+    plan: Plan
+    paths: StudyPaths
+    resume: bool
+
+
+def plan_request(request: Request, environ: Mapping[str, str] | None = None) -> Prepared:
+    """The plan of a request, after every check that needs no cluster; StudyError otherwise."""
+    spec = request.spec
+    plan = build_plan(spec)
+    if not request.resume:  # a resume keeps the scheduler and trackers it was created with
+        check_early_stopping(spec, plan)
+        check_tracker_storage(
+            spec.trackers, request.paths.storage.is_local, dict(environ or os.environ)
+        )
+    problem = embedded_problem(spec.cpus_per_trial, request.address)
+    if problem:
+        raise StudyError(problem)
+    return Prepared(spec=spec, plan=plan, paths=request.paths, resume=request.resume)
+
+
+def check_early_stopping(spec: StudySpec, plan: Plan) -> None:
+    """A scheduler only where it is honest (study.plan.schedulers), and trackers that exist."""
+    swept = [*plan.space.grid, *plan.space.distributions]
+    check_scheduler(spec.scheduler, plan.metric, swept, spec.grace_period, spec.reduction_factor)
+    check_trackers(spec.trackers)
 
 
 def build_plan(spec: StudySpec) -> Plan:
@@ -149,23 +147,10 @@ def build_plan(spec: StudySpec) -> Plan:
         tune_num_samples = 1 + len(space.reference_points())
     _check_configs(space)
     if spec.searcher == "adaptive":  # refused now, before anything is written
-        from study.adaptive import check_space
-
         check_space(space)
     return Plan(
         space=space, searcher=spec.searcher, tune_num_samples=tune_num_samples, total_trials=total
     )
-
-
-def _plain(value: Any) -> Any:
-    return "inf" if value == math.inf else value
-
-
-def _quiet_preset_warnings() -> None:
-    """A reference arm overrides fixed keys on purpose; Tune would warn once per trial."""
-    import logging
-
-    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
 
 
 def _apply_overrides(space: Space, overrides: Mapping[str, Any]) -> Space:

@@ -62,22 +62,3 @@ def records_per_trial(config: Mapping[str, Any]) -> int:
 def default_grace_period(max_t: int, reduction_factor: float) -> int:
     """The first rung: far enough in that no trial is judged on its step-0 record."""
     return max(2, math.ceil(max_t / reduction_factor**2))
-
-
-def make_scheduler(
-    name: str, grace_period: int, reduction_factor: float, study: str, state: tuple[Any, str]
-) -> Any:
-    """None for fifo (Tune's default); the per-cell ASHA (`study.asha`) otherwise."""
-    if name == "fifo":
-        return None
-    bind_state(study, state)
-    from study.asha import CellASHA
-
-    return CellASHA(grace_period, reduction_factor, state=state, study=study)
-
-
-def bind_state(study: str, state: tuple[Any, str]) -> None:
-    """Where the driver keeps `study`'s scheduler races (a resume: where the study is now)."""
-    from study.asha import LOCATIONS
-
-    LOCATIONS[study] = state

@@ -1,0 +1,1 @@
+"""Options become one validated request. Writes nothing; no Ray."""
