@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, NullLocator
 
 from ._groups import LINEARISED
 from ._schema import format_value
@@ -63,6 +64,7 @@ SELECTED_STYLE = {"color": OKABE_ITO[0], "linestyle": "-"}
 NEXT_STYLE = {"color": OKABE_ITO[1], "linestyle": (0, (4, 1.5))}
 UNPICKED_STYLE = {"color": "0.35", "linestyle": "-"}  # no lr selectable at this K
 SYMLOG_ABOVE = 10.0  # a gap axis whose values pass this many initial losses turns symmetric-log
+FLOOR_FRACTION = 1e-3  # the lowest lr·λ a log axis shows, as a fraction of the edge
 
 
 # ---- stability over training ---------------------------------------------------------------
@@ -224,14 +226,22 @@ def _lr_sharpness_measured(records: Records, row: pd.DataFrame) -> bool:
 
 
 def _draw_sharpness(ax, records: Records, at: pd.DataFrame, style: dict) -> None:
+    """The latest value at each record as a step line; a dot at each record that measured one
+    (its largest since the previous record), so a peak between records is not lost."""
     use_lr = _lr_sharpness_measured(records, at)
-    columns = (LR_SHARPNESS_MAX, LR_SHARPNESS) if use_lr else (SHARPNESS,)
+    latest, peak = (LR_SHARPNESS, LR_SHARPNESS_MAX) if use_lr else (SHARPNESS, None)
     for _, trial in at.iterrows():
-        s = series(records, trial, columns)
+        s = series(records, trial, (latest,))
         if len(s):
-            ax.plot(s["step"], s["value"], lw=0.9, alpha=0.85, **style)
-        if trial["exclusion"] == "diverged":
-            _mark_stop(ax, trial, s, style["color"])
+            ax.plot(s["step"], s["value"], lw=0.9, alpha=0.85, drawstyle="steps-post",
+                    marker="o" if len(s) < 3 else None, ms=2.5, **style)  # fmt: skip
+        dots = series(records, trial, (peak,), ("metrics",)) if peak else s.iloc[:0]
+        if len(dots):
+            ax.plot(dots["step"], dots["value"], ls="none", marker="o", ms=2.2, alpha=0.85,
+                    color=style["color"])  # fmt: skip
+        if trial["exclusion"] == "diverged":  # a value under the axis floor: ✕ at the floor
+            above = len(s) and s["value"].iloc[-1] >= FLOOR_FRACTION * EDGE
+            _mark_stop(ax, trial, s if above else s.iloc[:0], style["color"])
 
 
 def _draw_gaps(ax, records: Records, at: pd.DataFrame, style: dict) -> None:
@@ -261,10 +271,10 @@ def _finish_sharpness(ax, records: Records, row: pd.DataFrame) -> None:
     if _lr_sharpness_measured(records, row):
         ax.axhline(EDGE, color="0.2", lw=0.8, ls=(0, (2, 2)), zorder=1)
         ax.set_ylabel("lr·λ_max")
-        log_if_wide(ax, [*values, EDGE])
+        _log_if_wide(ax, [*values, EDGE])
     elif values:
         ax.set_ylabel("λ_max")
-        log_if_wide(ax, values)
+        _log_if_wide(ax, values)
         ax.text(0.99, 0.95, "lr·λ undefined (preconditioned steps): λ_max, no edge",
                 transform=ax.transAxes, ha="right", va="top", fontsize=6.5, color="0.3")  # fmt: skip
     else:
@@ -273,8 +283,19 @@ def _finish_sharpness(ax, records: Records, row: pd.DataFrame) -> None:
         ax.set_yticks([])
 
 
+def _log_if_wide(ax, values: list[float]) -> None:
+    """Log y when the values span more than 20×, its floor at FLOOR_FRACTION of the edge: after
+    a blow-up the curvature can collapse by tens of decades, which would flatten the rest."""
+    log_if_wide(ax, values)
+    if ax.get_yscale() == "log":
+        positive = [v for v in values if np.isfinite(v) and v > 0]
+        ax.set_ylim(bottom=max(min(positive), FLOOR_FRACTION * EDGE))
+
+
 def _finish_gaps(ax, row: pd.DataFrame) -> None:
-    values = [abs(v) for line in ax.get_lines() for v in np.asarray(line.get_ydata(), dtype=float)]
+    signed = [v for line in ax.get_lines() for v in np.asarray(line.get_ydata(), dtype=float)]
+    signed = [v for v in signed if np.isfinite(v)]
+    values = [abs(v) for v in signed]
     ax.set_ylabel("gap / initial loss")
     if not values:
         lazy = np.isinf(row["K"].astype(float)).all() and (row["trainer"] == LINEARISED).all()
@@ -287,6 +308,29 @@ def _finish_gaps(ax, row: pd.DataFrame) -> None:
     ax.axhline(0.0, color="0.6", lw=0.5, zorder=1)
     if max(values) > SYMLOG_ABOVE:
         ax.set_yscale("symlog", linthresh=1.0, linscale=0.5)
+        top, bottom = max(max(signed), GAP_FRACTION), min(min(signed), 0.0)
+        ax.set_ylim(bottom * 3 if bottom < -1 else -1.0, top * 3)
+        ax.set_yticks(_symlog_ticks(bottom, top))
+        ax.yaxis.set_major_formatter(FuncFormatter(_power_text))
+        ax.yaxis.set_minor_locator(NullLocator())
+
+
+def _symlog_ticks(bottom: float, top: float) -> list[float]:
+    """0 and a few powers of ten each side: at most about five per side."""
+    ticks = [0.0]
+    for sign, end in ((1.0, top), (-1.0, -bottom)):
+        if end < 1:
+            continue
+        decades = math.floor(math.log10(end))
+        step = max(1, math.ceil((decades + 1) / 5))
+        ticks += [sign * 10.0**e for e in range(0, decades + 1, step)]
+    return sorted(ticks)
+
+
+def _power_text(value: float, _pos: object = None) -> str:
+    if value == 0 or abs(value) < 1e3:
+        return f"{value:g}"
+    return f"{'−' if value < 0 else ''}1e{round(math.log10(abs(value)))}"
 
 
 # ---- the K × lr map --------------------------------------------------------------------------
