@@ -19,9 +19,9 @@ from study.plan import build_plan
 from study.request.spec import StudySpec
 from tests.oracles import tiny_config
 from trainables import Trial, TrialConfig, load_data
-from trainables.catalog import DataFileError
 from trainables.linearise import loss_fn
 from trainables.models import build_model
+from trainables.npz import DataFileError
 
 
 def _spec(space: str, **kw) -> StudySpec:

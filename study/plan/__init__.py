@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces import Choice, Space
+from search_spaces import Choice, LogUniform, Space, Uniform
 from study.errors import StudyError
 from study.plan.adaptive_planner import check_space
 from study.plan.resources import embedded_problem
@@ -25,11 +25,13 @@ from study.request.space import default_num_samples, get_space
 from study.request.spec import StudySpec
 from study.store.fs import StudyPaths
 from trainables import DatasetMissingError, TrialConfig
-from trainables.catalog import DataFileError, check_available
+from trainables.catalog import check_available
+from trainables.npz import DataFileError
 
 __all__ = [
     "Plan",
     "Prepared",
+    "StudySpec",
     "build_plan",
     "calibration",
     "default_num_samples",
@@ -60,6 +62,26 @@ class Plan:
     @property
     def mode(self) -> str:
         return self.space.mode
+
+    def sweep(self) -> dict[str, tuple[Any, ...]]:
+        """Every key Tune's param space sets, as plain data: ("fixed", value), ("grid",
+        values), ("choice", values), ("uniform", low, high) or ("loguniform", low, high)."""
+        out: dict[str, tuple[Any, ...]] = {k: ("fixed", v) for k, v in self.space.fixed.items()}
+        defaults = TrialConfig()
+        for ref in self.space.references:  # Tune takes a preset only for a key it knows
+            for key in ref:
+                if key not in self.space.grid and key not in self.space.distributions:
+                    out.setdefault(key, ("fixed", _plain(getattr(defaults, key))))
+        for key, values in self.space.grid.items():
+            out[key] = ("grid" if self.searcher == "grid" else "choice", list(values))
+        for key, dist in self.space.distributions.items():
+            if isinstance(dist, LogUniform):
+                out[key] = ("loguniform", dist.low, dist.high)
+            elif isinstance(dist, Uniform):
+                out[key] = ("uniform", dist.low, dist.high)
+            else:
+                out[key] = ("choice", list(dist.values))
+        return out
 
     # Tune's param space and searcher for a plan are built in study.execute.search, the only
     # package that imports Ray; it registers its builders in _TUNE when imported, so callers
@@ -151,6 +173,10 @@ def build_plan(spec: StudySpec) -> Plan:
     return Plan(
         space=space, searcher=spec.searcher, tune_num_samples=tune_num_samples, total_trials=total
     )
+
+
+def _plain(value: Any) -> Any:
+    return "inf" if value == math.inf else value
 
 
 def _apply_overrides(space: Space, overrides: Mapping[str, Any]) -> Space:
