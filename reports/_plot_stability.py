@@ -2,7 +2,8 @@
 
 ``stability``: one row of panels per K (and per reference arm), each trial a line. Left,
 lr·λ_max over the step (linear axis; the y axis turns logarithmic when the values span more than
-20×) with the edge lr·λ = 2; for Adam and Gauss-Newton, whose lr·λ is undefined, λ_max itself
+20×, down to 1e-3 of the edge) with the edge lr·λ = 2: the latest measured value as a step line,
+a dot at each record that measured one (its largest since the previous record); for Adam and Gauss-Newton, whose lr·λ is undefined, λ_max itself
 on its own axis, said so in the panel. Right, the loss jump at each feature update (network
 minus linear model) in units of the trial's initial training loss, with the bar of the
 classification (``_stability.GAP_FRACTION``). Shown are the learning rate selected on
