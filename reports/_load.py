@@ -351,7 +351,8 @@ def _mark_duplicates(table: pd.DataFrame) -> pd.DataFrame:
         if "trainer" in effective:
             k = k.where(effective["trainer"].isin(["linearised", None]) | k.isna(), 1.0)
         effective["k"] = k
-    signature = effective.astype(str).agg("\x1f".join, axis=1)
+    # a key absent from older files is null there; str() keeps null apart from every value
+    signature = effective.astype(object).map(str).agg("\x1f".join, axis=1)
     rank = table["exclusion"].map(_KEEP_ORDER).fillna(len(_KEEP_ORDER))
     order = pd.DataFrame({"study": table["study"], "sig": signature, "rank": rank,
                           "id": table["trial_id"]}).sort_values(["study", "sig", "rank", "id"])  # fmt: skip

@@ -436,3 +436,17 @@ def test_training_curve_legends_count_what_the_tables_count(tmp_path: Path, monk
     assert len(pages) == 3 and sum(p["floor"] for p in pages) == 3 + 2
     # lr 0.05: K = 1, 10, 100, ∞ and 3 (the stopped); lr 0.4: four K; lr 0.9: K = 3 alone
     assert [p["panels"] for p in pages] == [5, 4, 1]
+
+
+def test_a_config_key_missing_from_some_trials_is_no_crash_and_no_duplicate() -> None:
+    """A study resumed across versions: a key added later (lr_units) is null on older trials."""
+    from reports._load import _mark_duplicates
+    from reports._schema import CONFIG
+
+    table = pd.DataFrame({
+        "study": ["s", "s", "s"], "trial_id": ["a", "b", "c"], "exclusion": ["", "", ""],
+        "k": [1.0, 1.0, 1.0], "lr": [0.1, 0.1, 0.1], "lr_units": [None, "absolute", None],
+    })  # fmt: skip
+    table.attrs["roles"] = {"k": CONFIG, "lr": CONFIG, "lr_units": CONFIG}
+    marked = _mark_duplicates(table)
+    assert list(marked["duplicate_of"]) == ["", "", "a"]  # c copies a; b differs from both
