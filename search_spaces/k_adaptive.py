@@ -1,10 +1,14 @@
 """k_sweep's curve with K placed adaptively (study.adaptive): dense where accuracy changes.
 
-Same task as k_sweep (mnist5k MLP, linearised, SGD, T = 1000) at one lr: the searcher needs one
-fixed config apart from (K, seed). lr 0.05 is the larger of k_sweep's lrs, where every K is
-stable. The selection metric is validation accuracy, never test. The grid below is k_sweep's
-shape at this lr, so `--searcher grid` runs the comparison study with the trial count of the
-budget.
+Same task as k_sweep (mnist5k MLP, linearised, SGD, T = 1000) at one pinned lr, which is not
+tuned. The adaptive searcher places only (K, seed): `study.adaptive.check_space` refuses any
+other swept key, and its planner fits one acc(N) curve to one trial per (N, seed), with no way
+to reduce several lrs at one K to the best one. So lr cannot be a grid key beside the adaptive
+K, and this space's curve is a fixed-lr curve, not the per-K tuned comparison of k_sweep. The
+pinned lr is one at which every K trains (at larger lrs IL diverges at middle K, k_sweep's
+docstring). The selection metric is validation accuracy, never test. The grid below is
+k_sweep's shape at this lr, so `--searcher grid` runs the comparison study with the trial count
+of the budget.
 """
 
 from __future__ import annotations

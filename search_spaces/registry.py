@@ -15,6 +15,7 @@ _MODULES = (
     "damping_sweep",
     "one_shot",
     "optuna_lr_k",
+    "fig8_cpu",
     "paper_cifar10",
     "paper_fig8",
     "paper_fig9",

@@ -25,6 +25,7 @@ SHIPPED = (
     "damping_sweep",
     "one_shot",
     "optuna_lr_k",
+    "fig8_cpu",
     "paper_cifar10",
     "paper_fig8",
     "paper_fig9",
@@ -95,7 +96,8 @@ def test_spaces_sweep_what_the_issue_asks_for() -> None:
     assert {"total_steps", "k"} <= set(phase.grid)
     lr = search_spaces.get("lr_sweep")
     assert set(lr.grid["trainer"]) == {"plain", "linearised"}
-    assert min(lr.grid["lr"]) == pytest.approx(1e-4) and max(lr.grid["lr"]) == 1.0
+    assert min(lr.grid["lr"]) == pytest.approx(1e-3) and max(lr.grid["lr"]) == 10.0
+    assert len(lr.grid["seed"]) >= 3
     damping = search_spaces.get("damping_sweep").grid["damping"]
     assert damping[0] == pytest.approx(1e-6) and damping[-1] == pytest.approx(1e3)
     ratios = [b / a for a, b in itertools.pairwise(damping)]
@@ -118,8 +120,8 @@ def test_overrides_fix_a_swept_key_and_num_samples_repeats_with_fresh_seeds() ->
     space = search_spaces.get("k_sweep")
     plan = build_plan(_spec(space, overrides={"k": 10}))
     assert "k" not in plan.space.grid and plan.space.fixed["k"] == 10
-    refs = len(space.reference_points())  # the plain Adam arm, once per seed
-    assert refs == len(space.grid["seed"])
+    refs = len(space.reference_points())  # each plain Adam arm (one per lr), once per seed
+    assert refs == len(space.references) * len(space.grid["seed"])
     assert plan.total_trials == space.grid_size() // len(space.grid["k"]) + refs
     repeated = build_plan(_spec(space, num_samples=2))
     assert repeated.total_trials == 2 * space.grid_size() + 2 * refs  # the arm gets the seeds too
@@ -186,8 +188,10 @@ def test_list_shows_each_space_with_trials_and_expected_time() -> None:
         assert "~" in line and space.description in line, line  # calibrated or estimated
     k_line = next(line for line in text.splitlines() if line.startswith("k_sweep "))
     space = search_spaces.get("k_sweep")
-    # K × lr × seeds, and the Adam arm once per seed
-    assert f" {math.prod(len(v) for v in space.grid.values()) + len(space.grid['seed'])} " in k_line
+    # K × lr × seeds, and each Adam arm once per seed
+    assert f" {space.grid_size() + len(space.reference_points())} " in k_line
+    assert space.grid_size() == math.prod(len(v) for v in space.grid.values())
+    assert len(space.reference_points()) == len(space.references) * len(space.grid["seed"])
     assert "python -m benchmarks.calibrate" in text.splitlines()[-1]  # where ~ comes from
 
 
@@ -253,3 +257,62 @@ def test_smoke_shrinks_a_searchers_budget_too() -> None:
 
     assert new_spec(StudyOptions(space="k_adaptive", smoke=True)).num_samples == 3
     assert new_spec(StudyOptions(space="k_adaptive")).num_samples == 40
+
+
+def _arm_cells(name: str, data_dir: str, smoke: bool = False) -> dict[tuple, dict[float, set]]:
+    """Every trial of a space (grid and reference arms) as arm → lr → seeds, the arm being the
+    effective config without lr and seed: what a report tunes lr within."""
+    plan = build_plan(_spec(search_spaces.get(name), smoke=smoke, data_dir=data_dir))
+    cells: dict[tuple, dict[float, set]] = {}
+    for mapping in _combinations(plan.space):
+        cfg = TrialConfig.from_mapping(mapping).to_dict()
+        lr, seed = cfg.pop("lr"), cfg.pop("seed")
+        cells.setdefault(tuple(sorted(cfg.items())), {}).setdefault(lr, set()).add(seed)
+    return cells
+
+
+def test_fig8_cpu_has_four_arms_each_with_its_own_lr_grid_and_five_seeds(data_dir: str) -> None:
+    cells = _arm_cells("fig8_cpu", data_dir)
+    arms = {
+        (a["trainer"], a["optimizer"], a["solve_to_convergence"], a["k"])
+        for a in (dict(arm) for arm in cells)
+    }
+    assert arms == {
+        ("linearised", "adam", True, "inf"),  # IL, each linear model solved to convergence
+        ("linearised", "adam", False, "inf"),  # K = ∞
+        ("plain", "sgd", False, 1),  # SGD at K = 1
+        ("plain", "adam", False, 1),  # Adam at K = 1
+    }
+    for arm, by_lr in cells.items():
+        lrs = sorted(by_lr)
+        assert len(lrs) >= 3, arm
+        ratios = [b / a for a, b in itertools.pairwise(lrs)]
+        assert all(2 <= r <= 4 for r in ratios), (arm, lrs)  # roughly geometric
+        assert all(len(seeds) >= 5 for seeds in by_lr.values()), arm
+    converge = search_spaces.get("fig8_cpu")
+    assert converge.fixed["dataset"] == "digits" and converge.metric == "val_acc"
+
+
+def test_damping_sweep_tunes_at_least_three_lrs_per_damping_in_damped_units(data_dir: str) -> None:
+    space = search_spaces.get("damping_sweep")
+    assert space.fixed["lr_units"] == "damped"
+    cells = _arm_cells("damping_sweep", data_dir)
+    dampings = {dict(arm)["damping"] for arm in cells}
+    assert len(dampings) == len(space.grid["damping"]) == len(cells)
+    for arm, by_lr in cells.items():
+        assert len(by_lr) >= 3 and all(len(seeds) >= 3 for seeds in by_lr.values()), arm
+    fig9 = search_spaces.get("paper_fig9")
+    assert fig9.fixed["lr_units"] == "damped" and len(fig9.grid["seed"]) >= 3
+    assert len(fig9.grid["lr"]) >= 3
+
+
+@pytest.mark.parametrize("name", ["fig8_cpu", "damping_sweep"])
+def test_every_smoke_trial_of_the_new_spaces_runs_in_process(name: str, data_dir: str) -> None:
+    """All of the smoke version's trials, reference arms included, run to the end in seconds."""
+    plan = build_plan(_spec(search_spaces.get(name), smoke=True, data_dir=data_dir))
+    configs = list(_combinations(plan.space))
+    assert len(configs) == plan.total_trials
+    for config in configs:
+        records = list(run(config))
+        assert records[-1]["step"] == plan.space.fixed["total_steps"]
+        assert all(math.isfinite(r["val_acc"]) for r in records)
