@@ -23,6 +23,7 @@ LINEARISED, GAUSS_NEWTON, PLAIN = "linearised", "gauss_newton", "plain"
 OPTIMISATION_KEYS = frozenset(
     {"trainer", "optimizer", "lr", "momentum", "damping", "damping_mode", "solver", "batch_size",
      "reset_optimizer", "solve_to_convergence", "convergence_patience", "convergence_rtol",
+     "convergence_atol", "lr_units",
      "cg_tol", "cg_max_iter", "exact_max_dim", *SCHEDULE_KEYS}
 )  # fmt: skip
 
