@@ -1,5 +1,5 @@
-"""A non-uniform schedule against the uniform one at matched N (PAPER.md: "a uniform one at
-the same N" is the reference of a non-uniform schedule).
+"""A non-uniform schedule against the uniform one at matched N: a uniform schedule at the same N
+is the reference of a non-uniform one.
 
 For every group on another schedule (geometric: dense early, sparse late) whose config, but
 for the schedule keys, also ran on the uniform schedule, each of its N is compared with the

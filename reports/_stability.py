@@ -2,7 +2,7 @@
 and which of the two preceded each divergence.
 
 Gradient descent on a quadratic of curvature λ is stable only while lr·λ < 2, and a linear
-model's curvature is fixed at its linearisation point θ_s (PAPER.md, "Stability"). The trials
+model's curvature is fixed at its linearisation point θ_s (the README, "Stability measures"). The trials
 record, as measures (NaN when not measured):
 
 - ``sharpness``: the top eigenvalue λ_max of the Gauss-Newton matrix on a training probe;

@@ -12,7 +12,7 @@ an early-stopping scheduler, and at least one finished with a validation accurac
 the usable value with the best mean validation accuracy; exact ties go to the smaller value.
 The curves and fits of the tuned view then show *test* accuracy at the picks.
 
-The bracket rule (PAPER.md, "a tuned grid must bracket the optimum"). Each pick is classed
+The bracket rule (the README, "The bracket rule"). Each pick is classed
 against the full grid of its cell (every value run there, finished or not), in this order:
 
 1. ``edge-high``: the pick is the grid's largest value (a one-value grid is edge-high too):

@@ -50,7 +50,7 @@ class Space:
     grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # cross product
     distributions: Mapping[str, Distribution] = field(default_factory=dict)  # sampled
     # what "best" means in progress lines and searchers: a validation metric, because ranking
-    # on the test set is selection on test (PAPER.md, "What makes a comparison fair")
+    # on the test set is selection on test (the README, "Conventions")
     metric: str = "val_acc"
     mode: str = "max"
     searcher: str = "grid"  # default searcher: grid | random | optuna | adaptive

@@ -3,7 +3,7 @@
 Gradient descent on a quadratic of curvature λ is stable only while lr·λ < 2. A linear model's
 curvature is fixed at its linearisation point θ_s (the Gauss-Newton matrix G = JᵀHJ there), so a
 phase whose θ_s lies in a sharp region diverges within the phase; a network can leave it
-(PAPER.md, "Stability"). Three measures:
+(the README, "Stability measures"). Three measures:
 
 - :func:`sharpness`: λ_max(G) of the mean loss on a batch, matrix-free (Lanczos on G-vector
   products: one JVP, the output Hessian H, one VJP). For MSE, G at θ_s is the linear model's
