@@ -1,12 +1,13 @@
 # Two entry points for a fresh machine (see README):
 #   make study   sets up .venv and runs the default k_sweep study on the local embedded Ray
-#   make test    sets up .venv and runs lint plus the whole test suite
+#   make test    sets up .venv and runs lint plus the whole test suite (what CI runs)
+#   make test-fast  the in-process tier (no test marked slow), with line coverage: every edit
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SPACE  ?= k_sweep
 
-.PHONY: setup study test lint report clean
+.PHONY: setup study test test-fast lint report clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,12 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q
+
+# Multi-process, cluster, kill/resume and stress tests are marked slow and left to `make test`.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider \
+		--cov=trainables --cov=search_spaces --cov=study --cov=reports \
+		--cov-report=term:skip-covered --cov-fail-under=80
 
 clean:
 	rm -rf $(VENV) build *.egg-info

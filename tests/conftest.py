@@ -36,6 +36,16 @@ RAY_CPUS = 2
 RAY_GPUS = 1  # a logical GPU: lets CI schedule fractional-GPU trials on a CPU-only machine
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts or shares a Ray instance, or a cluster, is in the slow tier:
+    `make test-fast` (`-m "not slow"`) then starts no Ray at all. Tests slow for other reasons
+    (subprocesses, kill/resume, stress) carry `@pytest.mark.slow` themselves."""
+    for item in items:
+        uses_ray = "ray_session" in getattr(item, "fixturenames", ())
+        if uses_ray or item.get_closest_marker("ray") or item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[object]:
     """The one in-process Ray instance that every test which can share it uses."""

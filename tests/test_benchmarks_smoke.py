@@ -43,6 +43,7 @@ def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_every_cpu_benchmark_runs_its_smoke_mode_and_prints_its_ratios():
     """All of them in one interpreter (python -m benchmarks): one torch import, seconds."""
     done = _run("-m", "benchmarks")
@@ -55,6 +56,7 @@ def test_every_cpu_benchmark_runs_its_smoke_mode_and_prints_its_ratios():
             assert line in section, (name, line, section[-2000:])
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_study_overhead_smoke_runs_a_real_study():
     """Starts Ray in a subprocess (the study CLI): slower than the others, marked ray."""

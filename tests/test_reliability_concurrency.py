@@ -26,10 +26,10 @@ from study.errors import StudyError
 from study.run import main
 from study.service import StudyOptions, run_study
 from study.store import lock
-from tests.test_reliability_faults import _check_exact, _driver, _kill_group, _wait
-from tests.test_study_smoke import _tree
+from tests.study.execute.test_reliability_faults import _check_exact, _driver, _kill_group, _wait
+from tests.study.test_study_smoke import _tree
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # drivers in subprocesses
 
 
 def _holder(**changes: Any) -> dict[str, Any]:

@@ -121,7 +121,9 @@ def plan_request(request: Request, environ: Mapping[str, str] | None = None) -> 
     if not request.resume:  # a resume keeps the scheduler and trackers it was created with
         check_early_stopping(spec, plan)
         check_tracker_storage(
-            spec.trackers, request.paths.storage.is_local, dict(environ or os.environ)
+            spec.trackers,
+            request.paths.storage.is_local,
+            dict(os.environ if environ is None else environ),
         )
     problem = embedded_problem(spec.cpus_per_trial, request.address)
     if problem:

@@ -86,18 +86,24 @@ def test_a_bad_option_exits_2_before_any_ray_process_starts(tmp_path: Path) -> N
     assert not storage.exists()
 
 
-def test_the_embedded_cpu_check_applies_only_where_the_study_starts_its_own_ray() -> None:
+def test_the_embedded_cpu_check_applies_only_where_the_study_starts_its_own_ray(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("study.plan.resources.ray_running_here", lambda: False)
     cpus = embedded_cpus()
     assert embedded_problem(cpus, None) is None
     assert f"has {cpus} CPUs" in (embedded_problem(cpus + 0.5, None) or "")
     assert embedded_problem(cpus + 1, "10.0.0.1:6379") is None  # a cluster's nodes: later
+    monkeypatch.setattr("study.plan.resources.ray_running_here", lambda: True)
+    assert embedded_problem(cpus + 1, None) is None  # the Ray it reuses: checked once connected
 
 
 def test_mlflow_on_remote_storage_without_a_tracking_uri_is_refused_by_the_plan(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """This was refused only when the Tuner was built, after Ray had started."""
     pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///elsewhere")  # the given environ wins
     local = read_request(StudyOptions(space="smoke", storage=str(tmp_path), trackers=["mlflow"]))
     remote = StudyPaths(Storage("mock:///studies", pafs._MockFileSystem(), "studies"), "smoke")
     request = type(local)(spec=local.spec, paths=remote, resume=False)

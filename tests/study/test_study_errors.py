@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from study.service import EXIT_ERRORED, StudyOptions, run_study
-from tests.test_study_faults import KillWorkerOnce
+from tests.study.execute.test_study_faults import KillWorkerOnce
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 

@@ -108,6 +108,7 @@ def test_a_state_for_other_parameters_is_refused():
         other.load_state_dict(opt.state_dict())
 
 
+@pytest.mark.slow
 def test_trials_do_not_import_torch_dynamo_or_sympy():
     """Every trial process paid these before its first step: torch._dynamo (1.3-3 s), which
     torch.optim's classes and FlopCounterMode import on first use, and sympy (0.4 s), which

@@ -22,9 +22,9 @@ import pytest
 import study.execute.writer as writer_module
 from study.run import main
 from study.service import EXIT_ERRORED, StudyOptions, run_study
+from tests.study.execute.test_reliability_faults import STEPS, _check_exact
+from tests.study.execute.test_study_faults import KillWorkerOnce
 from tests.test_reliability_concurrency import Interrupt
-from tests.test_reliability_faults import STEPS, _check_exact
-from tests.test_study_faults import KillWorkerOnce
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 

@@ -27,7 +27,7 @@ import pytest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 RAY = str(Path(sys.executable).with_name("ray"))
 TOTAL, EVERY = 1000, 50  # a trial: 21 records, a few seconds on one core
 
@@ -195,6 +195,6 @@ def test_smoke_study_across_nodes_survives_a_killed_driver(cluster: str, tmp_pat
     assert metrics["node"].nunique() >= 2  # the study ran on both worker nodes
     # Whether a trial continues from a checkpoint here depends on whether Tune's last snapshot
     # before the kill recorded one (trap 2), which is timing; continuing from a checkpoint is
-    # proven deterministically by tests/test_study_faults.py and test_reliability_faults.py.
+    # proven deterministically by tests/study/execute/test_study_faults.py and test_reliability_faults.py.
     assert set(metrics["attempt"]) <= {0, 1}  # at most one restart per trial
     assert not list((results / "metrics").glob(".*"))  # no temporary files left

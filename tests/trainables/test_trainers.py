@@ -46,7 +46,10 @@ def test_k1_follows_plain_sgd_step_for_step(opt):
         assert a["step"] == b["step"] and a["feature_updates"] == b["feature_updates"]
         assert a["batch_loss"] == pytest.approx(b["batch_loss"], rel=1e-12, nan_ok=True)
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-2)
-    assert plain_recs[0] == {**lin_recs[0], "elapsed_s": plain_recs[0]["elapsed_s"]}
+    # a measure that is off is NaN in both records, and NaN != NaN
+    assert _nan_as_none(plain_recs[0]) == _nan_as_none(
+        {**lin_recs[0], "elapsed_s": plain_recs[0]["elapsed_s"]}
+    )
 
 
 @pytest.mark.parametrize(
@@ -139,6 +142,7 @@ def test_model_linear_in_parameters_gives_the_same_trajectory_for_every_k():
         assert recs[-1]["feature_updates"] == (0 if k == "inf" else math.ceil(30 / k) - 1)
 
 
+@pytest.mark.slow
 def test_il_with_k_inf_converges_to_min_norm_gauss_newton_step_for_mse():
     """Gradient flow on the linearised least-squares problem from δ=0 → δ = −J⁺r: the GN step
     with η=1, λ→0. Checked against torch.linalg.pinv of a materialised Jacobian."""
@@ -370,3 +374,7 @@ def test_solve_to_convergence_phases_run_past_a_smaller_cap_so_caps_differ():
     assert end_uncapped > 30  # still improving at the smaller cap, so it runs on
     assert end_capped == 30  # the cap ends the phase
     assert recs_uncapped[-1]["train_loss"] != recs_capped[-1]["train_loss"]
+
+
+def _nan_as_none(record: dict) -> dict:
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}

@@ -32,7 +32,7 @@ from study.store.layout import (
 )
 from tests.oracles import tiny_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---- imports run one way (read from the source, never by importing) ------------------------

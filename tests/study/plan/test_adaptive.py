@@ -28,7 +28,7 @@ from study.plan.adaptive_fit import candidate_ns, k_for_n, n_of_k, snap_n
 from study.plan.adaptive_planner import FINISHED, Options, Planner
 from study.request.spec import StudySpec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 T = 1000  # k_adaptive's total_steps
 TRUE_N50, TRUE_SLOPE = 4.0, 2.0  # N₉₀ = N₅₀ · 9^(1/s) = 12
 LEVELS, NOISE = (0.90, 0.93), 0.003
@@ -263,6 +263,7 @@ def make_options(plan: Any) -> Options:
 
 
 # ---- from the CLI ----------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_the_cli_runs_k_adaptive_smoke_in_process_and_with_address(

@@ -2,7 +2,7 @@
 
 Its trials move to the remaining node, continue from their checkpoints and finish; every
 (trial, step) is stored once. The cluster (head without CPUs + 2 one-CPU workers) is the one
-tests/test_study_cluster.py builds, started again for this module.
+tests/study/execute/test_study_cluster.py builds, started again for this module.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_study_cluster import REPO, _env, _kill_group, cluster  # noqa: F401  (fixture)
+from tests.study.execute.test_study_cluster import REPO, _env, _kill_group, cluster  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 

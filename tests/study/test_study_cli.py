@@ -17,7 +17,7 @@ import pytest
 from study.run import main
 from study.store.fs import SPEC_FILE
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _refused(argv: list[str], capsys: pytest.CaptureFixture[str], storage: Path) -> str:

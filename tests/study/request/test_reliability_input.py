@@ -1,6 +1,6 @@
 """Issue #5, bad input and security: exit 2, one line, no traceback, storage untouched.
 
-The cases not already in tests/test_study_cli.py. All run the CLI's `main(argv)` in-process
+The cases not already in tests/study/test_study_cli.py. All run the CLI's `main(argv)` in-process
 and need no Ray: validation happens before Ray is started.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from study.run import main
-from tests.test_study_smoke import _tree
+from tests.study.test_study_smoke import _tree
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -23,11 +23,11 @@ import pytest
 
 from study.service import StudyOptions, run_study
 from study.store.layout import METRIC_NAMES
-from tests.test_study_cluster import _valid_state
+from tests.study.execute.test_study_cluster import _valid_state
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 TOTAL, EVERY = 40, 10  # the smoke space's own: 5 records per trial, 4 trials (k = 1, 4, 16, inf)
 STEPS = list(range(0, TOTAL + 1, EVERY))
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}

@@ -347,6 +347,7 @@ def test_a_version_2_state_loads_with_default_stability_and_trains_on_identicall
 
 
 # ---- the default study's arms, small ---------------------------------------------------------------
+@pytest.mark.slow
 def test_the_default_studys_arms_measure_what_they_should():
     """k_sweep's arms (K=1, a middle K, K=∞, plain Adam) on digits, shortened."""
     base = dict(dataset="digits", total_steps=60, eval_every=20, lr=0.05, dtype="float64")

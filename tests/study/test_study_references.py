@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from study.service import EXIT_INTERRUPTED, StudyOptions, run_study
-from tests.test_study_schedulers import InterruptAfter
+from tests.study.plan.test_study_schedulers import InterruptAfter
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 

@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 CHILD = textwrap.dedent(
     """

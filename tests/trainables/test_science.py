@@ -270,6 +270,7 @@ def test_large_alpha_makes_plain_training_lazy():
 
 
 # ---- models learn at their defaults -------------------------------------------------------
+@pytest.mark.slow
 def test_the_digits_cnn_learns_with_plain_sgd_at_its_defaults():
     recs = list(Trial({"trainer": "plain", "model": "cnn", "total_steps": 300,
                        "eval_every": 300, "probe_size": 0}).records())  # fmt: skip
@@ -324,6 +325,7 @@ def test_exact_gauss_newton_on_a_float64_channels_last_cnn_with_1x1_feature_maps
         assert recs[-1]["step"] == 2 and math.isfinite(recs[-1]["train_loss"])
 
 
+@pytest.mark.slow
 def test_the_cnn_learns_mnist5k_at_its_defaults():
     """Plain SGD at the default lr and He init; 8 channels instead of 32 only to keep the
     suite fast on two cores (the width does not decide whether the signal survives init)."""

@@ -19,7 +19,7 @@ from study.service import StudyOptions, run_study
 from study.status import main, status
 from study.store.lock import LOCK_FILE, this_holder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
