@@ -9,18 +9,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NoReturn
 
 from ._config import DEFAULT_BOOTSTRAP, check_formats
 from ._errors import ReportError
-from ._paths import find_results
+from ._paths import as_study_dir, find_results, is_local
 
 DESCRIPTION = """\
 Write figures, fits.csv and summary.md for one or several ilstudy studies.
 Reads STUDY_DIR/results/ (a running study is fine: unfinished trials are reported, not fitted).
+STUDY_DIR is a folder or any pyarrow filesystem URI: file:///path, or
+s3://bucket/studies/NAME?endpoint_override=HOST:PORT&scheme=http (MinIO, Ceph) with the
+credentials in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
 Default --out: STUDY_DIR/report/; with several studies, which are compared (the `study` column
-tells them apart), FIRST_STUDY_DIR/report/compare_<other study folder names>/."""
+tells them apart), FIRST_STUDY_DIR/report/compare_<other study folder names>/. When the
+(first) study is on a remote store, ./report-<study name>/ in the working directory instead."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.match_train_loss is not None and not args.match_train_loss > 0:
             raise ReportError(f"--match-train-loss must be > 0, got {args.match_train_loss:g}")
         for path in args.study_dirs:
-            find_results(Path(path))
+            find_results(as_study_dir(path))
+        remote_default = args.out is None and not is_local(as_study_dir(args.study_dirs[0]))
     except ReportError as exc:
         print(f"python -m reports: {exc}", file=sys.stderr)
         return 2
@@ -76,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"python -m reports: cannot write the report: {exc}", file=sys.stderr)
         return 2
-    print(f"report written to {result.out}")
+    where = " (the study is on a remote store: default --out ./report-<study name>)"
+    print(f"report written to {result.out}{where if remote_default else ''}")
     for path in result.files:
         print(f"  {path}")
     for name, reason in result.skipped.items():

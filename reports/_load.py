@@ -32,12 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ._errors import ReportError
 from ._groups import with_gaps
-from ._paths import find_results
+from ._paths import Place, StudyDir, as_study_dir, find_results, read_table
 from ._schema import (
     METRIC,
     REQUIRED_METRICS_COLUMNS,
@@ -64,6 +62,7 @@ OUTCOME_RULE = (
     "by the initial one: a finished trial with a ratio above 1 had a spike it recovered from"
 )
 
+# A study is a local folder or a pyarrow filesystem URI (s3://bucket/studies/NAME?endpoint_override=…)
 StudyPaths = str | Path | Sequence[str | Path]
 
 
@@ -73,7 +72,7 @@ class StudyData:
 
     metrics: pd.DataFrame  # one row per (study, trial, step)
     trials: pd.DataFrame  # one row per (study, trial), with status and exclusion reason
-    dirs: tuple[Path, ...]
+    dirs: tuple[StudyDir, ...]  # Path for a local folder, the URI string otherwise
 
 
 STOPPED_REASON = "stopped by the scheduler"  # the exclusion of a scheduler's STOPPED trial
@@ -118,10 +117,10 @@ def read_studies(study_dirs: StudyPaths) -> StudyData:
     return StudyData(metrics_df, trials_df, tuple(dirs))
 
 
-def _as_paths(study_dirs: StudyPaths) -> list[Path]:
+def _as_paths(study_dirs: StudyPaths) -> list[StudyDir]:
     if isinstance(study_dirs, str | Path):
-        return [Path(study_dirs)]
-    return [Path(p) for p in study_dirs]
+        return [as_study_dir(study_dirs)]
+    return [as_study_dir(p) for p in study_dirs]
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -132,7 +131,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 # ---- one study folder -----------------------------------------------------------------------
-def _read_one(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read_one(path: StudyDir) -> tuple[pd.DataFrame, pd.DataFrame]:
     results, files, trials_file = find_results(path)
     roles: dict[str, str] = {}
     metrics = _read_metrics(results / "metrics", files, roles)
@@ -156,17 +155,13 @@ def _read_one(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return metrics, _trial_table(metrics, reported, roles)
 
 
-def _read_parquet(file: Path) -> tuple[pd.DataFrame, dict[str, str] | None]:
+def _read_parquet(file: Place) -> tuple[pd.DataFrame, dict[str, str] | None]:
     """(frame, column → role as the file states it, or None when it states none)."""
-    try:
-        table = pq.read_table(file)
-    except (OSError, pa.ArrowException, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ReportError(f"{file}: not a readable Parquet file ({reason})") from None
+    table = read_table(file)
     return table.to_pandas(), file_roles(table.schema, file)
 
 
-def _read_metrics(metrics_dir: Path, files: list[Path], roles: dict[str, str]) -> pd.DataFrame:
+def _read_metrics(metrics_dir: Place, files: list[Place], roles: dict[str, str]) -> pd.DataFrame:
     """The metrics rows of `files`; the roles the files state are added to `roles`."""
     frames = []
     for file in files:

@@ -18,6 +18,7 @@ import pandas as pd
 from ._config import DEFAULT_BOOTSTRAP, FORMATS, check_formats
 from ._errors import NothingToPlot, ReportError
 from ._load import StudyData, StudyPaths, read_studies
+from ._paths import StudyDir, as_study_dir, is_local, is_uri, locate, study_name
 
 
 @dataclass
@@ -45,13 +46,22 @@ class ReportResult:
         return [*paths, *(p for p in extra if p is not None)]
 
 
-def default_out(study_dirs: Sequence[Path]) -> Path:
-    """``STUDY/report``; comparing studies, ``FIRST/report/compare_<other>[_<other>…]``."""
-    first = Path(study_dirs[0])
+def default_out(study_dirs: Sequence[StudyDir]) -> Path:
+    """``STUDY/report``; comparing studies, ``FIRST/report/compare_<other>[_<other>…]``.
+
+    A study on a remote store (an ``s3://``-like URI) cannot hold a local report: then the
+    report goes to ``./report-<study name>`` in the working directory (absolute, so the
+    printed location is unambiguous).
+    """
+    first = as_study_dir(study_dirs[0])
+    if is_local(first):
+        base = (Path(first) if not is_uri(first) else Path(locate(first).path)) / "report"
+    else:
+        base = Path.cwd() / f"report-{_slug(study_name(first))}"
     if len(study_dirs) == 1:
-        return first / "report"
-    names = "_".join(_slug(Path(d).resolve().name) for d in study_dirs[1:])
-    return first / "report" / f"compare_{names}"
+        return base
+    names = "_".join(_slug(study_name(as_study_dir(d))) for d in study_dirs[1:])
+    return base / f"compare_{names}"
 
 
 def _slug(name: str) -> str:
@@ -79,7 +89,8 @@ def write_report(
     formats = check_formats(formats)
     if n_boot < 0:
         raise ReportError(f"bootstrap count must be >= 0, got {n_boot}")
-    dirs = [Path(d) for d in ([study_dirs] if isinstance(study_dirs, str | Path) else study_dirs)]
+    given = [study_dirs] if isinstance(study_dirs, str | Path) else study_dirs
+    dirs = [as_study_dir(d) for d in given]  # a URI stays a string: pathlib would mangle it
     data = read_studies(dirs)
     _check_usable(data)
     out_dir = Path(out) if out is not None else default_out(dirs)

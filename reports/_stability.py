@@ -50,16 +50,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ._errors import ReportError
 from ._groups import LINEARISED, OPTIMISATION_KEYS, infinite_k
-from ._paths import metric_files, results_dir
+from ._paths import StudyDir, as_study_dir, metric_files, read_table, results_dir, study_name
 from ._schema import SWEEP_KEYS, config_keys, file_roles, format_value, group_label, with_roles
 
 SHARPNESS, LR_SHARPNESS, LR_SHARPNESS_MAX, LIN_GAP = (
@@ -92,30 +89,24 @@ RULE = (
 
 
 # ---- reading ----------------------------------------------------------------------------------
-def read_phases(dirs: Sequence[Path], trials: pd.DataFrame) -> pd.DataFrame:
+def read_phases(dirs: Sequence[StudyDir], trials: pd.DataFrame) -> pd.DataFrame:
     """The per-phase rows of every study in `dirs` (empty when none has a phases folder).
 
+    A study is a local folder or a pyarrow filesystem URI, as ``read_studies`` takes it.
     Study names are relabelled as ``read_studies`` relabels them when two folders share one.
     A file that is not readable Parquet, or states an unknown role, is a ReportError.
     """
     names = set(trials["study"]) if "study" in trials else set()
     frames, roles = [], {}
-    for path in dirs:
-        folder = results_dir(Path(path)) / "phases"
-        for file in metric_files(folder):
-            try:
-                table = pq.read_table(file)
-            except (OSError, pa.ArrowException, ValueError) as exc:
-                reason = (
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                )
-                raise ReportError(f"{file}: not a readable Parquet file ({reason})") from None
+    for path in (as_study_dir(d) for d in dirs):
+        for file in metric_files(results_dir(path) / "phases"):
+            table = read_table(file)
             roles |= file_roles(table.schema, file) or {}
             frame = table.to_pandas()
             if not {"trial_id", "step"} <= set(frame.columns):
                 raise ReportError(f"{file}: not an ilstudy phases table (no trial_id or step)")
             if "study" not in frame:
-                frame["study"] = Path(path).resolve().name
+                frame["study"] = study_name(path)
             # read_studies relabels a folder's study as "name (folder)" when two names clash
             frame["study"] = [f"{s} ({path})" if f"{s} ({path})" in names else s
                               for s in frame["study"]]  # fmt: skip
