@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from ._config import DEFAULT_BOOTSTRAP, check_formats
 from ._errors import ReportError
-from ._paths import as_study_dir, find_results, is_local
+from ._paths import as_study_dir, find_results, is_local, local_out
 
 DESCRIPTION = """\
 Write figures, fits.csv and summary.md for one or several ilstudy studies.
@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         formats = check_formats(args.format.split(","))
         if args.match_train_loss is not None and not args.match_train_loss > 0:
             raise ReportError(f"--match-train-loss must be > 0, got {args.match_train_loss:g}")
+        if args.out is not None:
+            local_out(args.out)
         for path in args.study_dirs:
             find_results(as_study_dir(path))
         remote_default = args.out is None and not is_local(as_study_dir(args.study_dirs[0]))

@@ -121,6 +121,14 @@ def locate(location: StudyDir) -> Place:
     return Place(fs, path, uri, fs.type_name == "local")
 
 
+def local_out(out: str | Path) -> Path:
+    """The report's output folder, which is local: a URI is a ReportError (pathlib would
+    turn ``s3://b/x`` into a local folder ``s3:/b/x``)."""
+    if is_uri(out):
+        raise ReportError(f"--out {out}: the report is written to a local folder, not a URI")
+    return Path(out)
+
+
 def study_name(location: StudyDir) -> str:
     """The study folder's name: the last component of its (resolved, when local) path."""
     if not is_uri(location):

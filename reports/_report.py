@@ -18,7 +18,7 @@ import pandas as pd
 from ._config import DEFAULT_BOOTSTRAP, FORMATS, check_formats
 from ._errors import NothingToPlot, ReportError
 from ._load import StudyData, StudyPaths, read_studies
-from ._paths import StudyDir, as_study_dir, is_local, is_uri, locate, study_name
+from ._paths import StudyDir, as_study_dir, is_local, is_uri, local_out, locate, study_name
 
 
 @dataclass
@@ -93,7 +93,7 @@ def write_report(
     dirs = [as_study_dir(d) for d in given]  # a URI stays a string: pathlib would mangle it
     data = read_studies(dirs)
     _check_usable(data)
-    out_dir = Path(out) if out is not None else default_out(dirs)
+    out_dir = local_out(out) if out is not None else default_out(dirs)
     _check_out(out_dir)
     from ._stability import read_phases
 

@@ -166,7 +166,7 @@ def test_an_unreachable_store_is_one_line_exit_2_quickly(tmp_path):
         ("bucket_root", "no results/ folder here"),
     ],
 )
-def test_s3_locations_are_checked_like_folders(s3_uri, endpoint, where, expected):
+def test_s3_locations_are_checked_like_folders(s3_uri, where, expected):
     base, query = s3_uri.split("?")
     uri = {"missing": f"{base}_nowhere?{query}", "results": f"{base}/results?{query}",
            "bucket_root": f"s3://{BUCKET}/studies?{query}"}[where]  # fmt: skip
@@ -181,6 +181,12 @@ def test_s3_locations_are_checked_like_folders(s3_uri, endpoint, where, expected
         else:
             with pytest.raises(ReportError, match=expected):
                 results_dir(uri)
+
+
+def test_an_out_uri_is_refused_before_anything_is_read(local_study, tmp_path):
+    done = run_reports(local_study, "--out", "s3://bucket/reports", cwd=tmp_path)
+    assert done.returncode == 2 and "not a URI" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
