@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+import search_spaces
 from study.service import EXIT_INTERRUPTED, StudyOptions, run_study
 from tests.study.plan.test_study_schedulers import InterruptAfter
 
@@ -25,7 +26,10 @@ def test_k_sweep_smoke_runs_its_adam_reference_and_a_resume_adds_no_copy(
     again = run_study(
         StudyOptions(resume=True, name="k_sweep", storage=str(storage)), out=io.StringIO()
     )
-    assert again.exit_code == 0 and again.finished == again.total == 3
+    # the smoke grid (K = 1 and ∞ at one lr and seed) and every Adam reference lr, once each
+    space = search_spaces.get("k_sweep").smoke_version()
+    adam = sorted(ref["lr"] for ref in space.references)
+    assert again.exit_code == 0 and again.finished == again.total == 2 + len(adam)
     trials = pd.read_parquet(storage / "k_sweep" / "results" / "trials.parquet")
     arms = sorted(
         zip(trials["trainer"], trials["optimizer"], trials["k"], trials["lr"], strict=True)
@@ -33,7 +37,7 @@ def test_k_sweep_smoke_runs_its_adam_reference_and_a_resume_adds_no_copy(
     assert arms == [
         ("linearised", "sgd", 1.0, 0.05),
         ("linearised", "sgd", float("inf"), 0.05),
-        ("plain", "adam", 1.0, 0.001),
+        *[("plain", "adam", 1.0, lr) for lr in adam],
     ]
     assert set(trials["status"]) == {"TERMINATED"}
     metrics = pd.read_parquet(storage / "k_sweep" / "results" / "metrics")
