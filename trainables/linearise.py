@@ -256,12 +256,19 @@ def _layer_tangent(layer, h_in, h_out, t, w, dw, b, db) -> torch.Tensor | None:
 
 
 def chain_linearisation(
-    model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor
+    model: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    *,
+    scalar_vjp: bool = False,
 ) -> tuple[torch.Tensor, Callable, Callable] | None:
     """(f(x; θ), δ ↦ J δ, u ↦ Jᵀu) from one forward pass, for repeated products (CG).
 
     J δ reruns only the tangent pass over the stored activations; Jᵀu is a backward pass through
     the retained graph. Both take and give dicts of tensors. None when the model is not a chain.
+    `scalar_vjp` takes Jᵀu as the gradient of ⟨f, u⟩ (`vjp_scalar`), which never imports sympy:
+    for callers that make a few dozen products in a process that must stay light (the
+    stability measures of plain and linearised trials), not CG's hundreds.
     """
     chain = _chain(model, params)
     if chain is None:
@@ -292,6 +299,11 @@ def chain_linearisation(
         return torch.zeros_like(out) if t is None else t
 
     def vjp(u: torch.Tensor) -> dict[str, torch.Tensor]:
+        if scalar_vjp:
+            grads = torch.autograd.grad(
+                vjp_scalar(out, u), list(leaves.values()), retain_graph=True
+            )
+            return dict(zip(leaves, grads, strict=True))
         # grad_outputs, not vjp_scalar: CG calls this hundreds of times a step, so the scalar's
         # extra mul and sum, paid at every call, cost more than sympy's one import
         grads = torch.autograd.grad(out, list(leaves.values()), grad_outputs=u, retain_graph=True)

@@ -57,7 +57,7 @@ def ggn_operator(
     (linearise.chain_linearisation); any other model uses torch.func's jvp and vjp.
     """
     params = {name: p.detach() for name, p in params.items()}
-    linearised = chain_linearisation(model, params, x)
+    linearised = chain_linearisation(model, params, x, scalar_vjp=True)  # no sympy in trials
     if linearised is not None:
         out_BxC, jvp_fn, vjp_fn = linearised
     else:
