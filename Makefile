@@ -32,7 +32,7 @@ test: lint
 
 # Multi-process, cluster, kill/resume and stress tests are marked slow and left to `make test`.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider \
+	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider -n 2 --dist loadfile \
 		--cov=trainables --cov=search_spaces --cov=study --cov=reports \
 		--cov-report=term:skip-covered --cov-fail-under=80
 

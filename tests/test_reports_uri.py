@@ -102,12 +102,14 @@ def local_report(local_study: Path, tmp_path_factory) -> dict[str, str]:
     return tables
 
 
+@pytest.mark.slow  # a report in a subprocess, against a server process
 def test_a_study_on_s3_reports_as_the_same_study_read_locally(s3_uri, local_report, tmp_path):
     done = run_reports(s3_uri, "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr
     assert _tables(tmp_path / "out") == local_report
 
 
+@pytest.mark.slow  # a report in a subprocess
 @pytest.mark.parametrize("form", ["file", "plain"])
 def test_a_file_uri_and_a_plain_path_give_the_same_report(
     form, local_study, local_report, tmp_path
@@ -118,6 +120,7 @@ def test_a_file_uri_and_a_plain_path_give_the_same_report(
     assert _tables(tmp_path / "out") == local_report
 
 
+@pytest.mark.slow  # a report in a subprocess, against a server process
 def test_a_remote_study_without_out_reports_into_the_working_directory(s3_uri, tmp_path):
     done = run_reports(s3_uri, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -128,6 +131,7 @@ def test_a_remote_study_without_out_reports_into_the_working_directory(s3_uri, t
     assert "bucket" not in {p.name for p in tmp_path.iterdir()}  # nothing like s3:/bucket/…
 
 
+@pytest.mark.slow  # a report in a subprocess, against a server process
 def test_local_and_s3_studies_side_by_side(s3_uri, local_study, tmp_path):
     """The same study twice is two studies (the second named by its location), in both orders."""
     for studies in ((local_study, s3_uri), (s3_uri, local_study)):
@@ -144,6 +148,7 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # a report in a subprocess, against a server process
 def test_an_unreachable_store_is_one_line_exit_2_quickly(tmp_path):
     uri = f"s3://{BUCKET}/studies/{NAME}?endpoint_override=127.0.0.1:{_closed_port()}&scheme=http"
     start = time.monotonic()
