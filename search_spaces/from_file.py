@@ -75,7 +75,15 @@ def load(path: str | Path) -> Space:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpaceFileError(f"space file {shown}: not valid TOML ({exc})") from None
     payload.setdefault("name", Path(path).stem)
-    return from_definition(payload, f"space file {shown}")
+    space = from_definition(payload, f"space file {shown}")
+    if not (space.fixed or space.grid or space.distributions or space.references):
+        # an empty file (or one of names and descriptions) is almost surely the wrong file:
+        # refused rather than run as one trial at every default
+        raise SpaceFileError(
+            f"space file {shown}: defines no trials; give at least one of [fixed], [grid], "
+            "[distributions] or [[references]]"
+        )
+    return space
 
 
 def from_definition(payload: Mapping[str, Any], where: str) -> Space:

@@ -30,9 +30,14 @@ STATE_FILE = "scheduler.pkl"
 def check_scheduler(
     name: str, metric: str, swept: Sequence[str], grace_period: int, reduction_factor: float
 ) -> None:
-    """StudyError unless the scheduler can be used honestly on this study."""
+    """StudyError unless the scheduler can be used honestly on this study. The values are
+    checked whatever the scheduler: a bad one is bad input even where it would be unused."""
     if name not in SCHEDULERS:
         raise StudyError(f"--scheduler {name}: must be one of {', '.join(SCHEDULERS)}")
+    if grace_period < 0:
+        raise StudyError(f"--grace-period {grace_period}: must be an int >= 1 (0 = default)")
+    if not (isinstance(reduction_factor, int | float) and reduction_factor > 1):
+        raise StudyError(f"--reduction-factor {reduction_factor}: must be a number > 1")
     if name == "fifo":
         return
     if not metric.startswith("val_"):
@@ -46,10 +51,6 @@ def check_scheduler(
             f"--scheduler {name} stops trials only in a race between the values of a key the "
             f"report tunes per K ({', '.join(TUNED_KEYS)}), and this study does not sweep it"
         )
-    if grace_period < 0:
-        raise StudyError(f"--grace-period {grace_period}: must be an int >= 1 (0 = default)")
-    if not (isinstance(reduction_factor, int | float) and reduction_factor > 1):
-        raise StudyError(f"--reduction-factor {reduction_factor}: must be a number > 1")
 
 
 def records_per_trial(config: Mapping[str, Any]) -> int:

@@ -281,3 +281,31 @@ def test_the_ray_gcs_passes_the_address_probe(ray_session: Any) -> None:
     from study.execute.cluster import check_reachable
 
     check_reachable(ray_session.get_runtime_context().gcs_address)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--grace-period", "-1"], "--grace-period -1: must be"),
+        (["--reduction-factor", "0.5"], "--reduction-factor 0.5: must be a number > 1"),
+        (["--scheduler", "fifo", "--reduction-factor", "1"], "--reduction-factor 1.0: must be"),
+    ],
+)
+def test_bad_scheduler_values_are_refused_whatever_the_scheduler(
+    argv: list[str], expected: str, storage: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They ran a FIFO study with exit 0: a value that is bad is bad input even where unused."""
+    err = _refused(["--space", "smoke", "--storage", str(storage), *argv], capsys, storage.parent)
+    assert expected in err
+    assert not (storage / "smoke").exists()
+
+
+@pytest.mark.parametrize("content", ["", 'name = "x"\ndescription = "nothing to run"\n'])
+def test_a_space_file_that_defines_no_trials_is_refused(
+    content: str, storage: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty file ran one trial at every default, with exit 0."""
+    path = tmp_path / "empty.toml"
+    path.write_text(content)
+    err = _refused(["--space", str(path), "--storage", str(storage)], capsys, storage.parent)
+    assert "defines no trials" in err
