@@ -19,7 +19,21 @@ arm, the Adam grid reaching below plain Adam's pick and the SGD grid above plain
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from search_spaces.space import Space
+
+
+def k1_levels(adam_lrs: Sequence[float], sgd_lrs: Sequence[float]) -> tuple[dict[str, Any], ...]:
+    """The K = 1 levels as reference arms, once per seed and lr: plain Adam and plain SGD
+    (plain training ignores k and the convergence keys). `paper_fig8` has the same arms."""
+    return tuple(
+        {"trainer": "plain", "optimizer": optimizer, "solve_to_convergence": False, "lr": lr}
+        for optimizer, lrs in (("adam", adam_lrs), ("sgd", sgd_lrs))
+        for lr in lrs
+    )
+
 
 ADAM_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # the IL arms and plain Adam
 SGD_LRS = (3e-2, 0.1, 0.3, 1.0)  # plain SGD
@@ -47,17 +61,7 @@ SPACE = Space(
         "lr": list(ADAM_LRS),
         "seed": SEEDS,
     },
-    # the K = 1 levels, once per seed: plain training ignores k and the convergence keys
-    references=(
-        *(
-            {"trainer": "plain", "optimizer": "adam", "solve_to_convergence": False, "lr": lr}
-            for lr in ADAM_LRS
-        ),
-        *(
-            {"trainer": "plain", "optimizer": "sgd", "solve_to_convergence": False, "lr": lr}
-            for lr in SGD_LRS
-        ),
-    ),
+    references=k1_levels(ADAM_LRS, SGD_LRS),
     metric="val_acc",
     smoke={
         "total_steps": 40,

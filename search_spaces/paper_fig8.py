@@ -10,6 +10,7 @@ before reading the figure, and widen a grid whose pick lies at its edge.
 
 from __future__ import annotations
 
+from search_spaces.fig8_cpu import k1_levels
 from search_spaces.space import Space
 
 ADAM_LRS = (1e-4, 3e-4, 1e-3, 3e-3)  # the IL arms and plain Adam
@@ -40,17 +41,7 @@ SPACE = Space(
         "lr": list(ADAM_LRS),
         "seed": SEEDS,
     },
-    # the K = 1 levels, once per seed
-    references=(
-        *(
-            {"trainer": "plain", "optimizer": "adam", "solve_to_convergence": False, "lr": lr}
-            for lr in ADAM_LRS
-        ),
-        *(
-            {"trainer": "plain", "optimizer": "sgd", "solve_to_convergence": False, "lr": lr}
-            for lr in SGD_LRS
-        ),
-    ),
+    references=k1_levels(ADAM_LRS, SGD_LRS),  # the K = 1 levels, once per seed
     metric="val_acc",
     seconds_per_trial=600.0,  # an estimate for one modern GPU, not a measurement (README)
     smoke={
