@@ -32,12 +32,12 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from study.errors import StudyError
+from study.errors import StudyError, StudyLockError
 
 LOCK_FILE = "study.store.lock"
 
 
-class LockHeld(StudyError):
+class LockHeld(StudyLockError):
     """The study is locked by another driver (or by a holder this host cannot check)."""
 
 
