@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from typing import NoReturn
 
-from study.errors import StudyError
+from study.errors import StudyInputError
 from study.plan.schedulers import SCHEDULERS
 from study.plan.trackers import TRACKERS
 from study.service import DEFAULT_STORAGE, StudyOptions
@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises StudyError (one line, exit 2 in the CLI) instead of exiting."""
 
     def error(self, message: str) -> NoReturn:
-        raise StudyError(f"{message} (see --help)")
+        raise StudyInputError(f"{message} (see --help)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,6 +40,12 @@ def parser() -> argparse.ArgumentParser:
         help="directory or URI (s3://, gs://) that holds studies (default: ./studies)",
     )
     p.add_argument("--resume", action="store_true", help="continue the study --name")
+    p.add_argument(
+        "--resume-if-exists",
+        action="store_true",
+        help="if the study exists (with the same definition), continue it, or report it when "
+        "it is finished; else start it",
+    )
     p.add_argument(
         "--retry-errored", action="store_true", help="with --resume: retry errored trials too"
     )
@@ -105,6 +111,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         name=args.name,
         storage=args.storage,
         resume=args.resume,
+        resume_if_exists=args.resume_if_exists,
         retry_errored=args.retry_errored,
         address=args.address,
         cpus_per_trial=args.cpus_per_trial,

@@ -7,7 +7,6 @@ Exit codes: 0 every trial finished (diverged included), 1 some trial errored,
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -33,10 +32,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
             print(list_spaces())
             return 0
-        _environment(loopback=not options.address or _is_loopback(options.address))
-        from study.service import run_study
+        from study.api import execute
 
-        return run_study(options).exit_code
+        return execute(options).exit_code
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -57,33 +55,6 @@ def _exit_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _is_loopback(address: str) -> bool:
-    """`address` names this machine's loopback (a cluster that may listen on 127.0.0.1 only)."""
-    import ipaddress
-
-    host = address.rpartition(":")[0].strip("[]")
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _environment(loopback: bool) -> None:
-    """Settings Ray reads at import time: quiet output; loopback-only embedded Ray.
-
-    The loopback setting is also needed to attach to a cluster at 127.0.0.1: without it Ray
-    rewrites 127.0.0.1 to the host's own address, which a loopback-only cluster does not
-    listen on, and `ray.init` retries for ever.
-    """
-    from study.execute.cluster import LOOPBACK_ENV, QUIET_ENV
-
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    if loopback and "ray" not in sys.modules:
-        for key, value in LOOPBACK_ENV.items():
-            os.environ.setdefault(key, value)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, TextIO
 
-from study.errors import StudyError
+from study.errors import StudyError, StudyInputError
 from study.execute.cluster import check_ray_version, check_reachable
 from study.plan import Prepared, plan_request
 from study.request.options import (
@@ -95,6 +95,10 @@ def run_study(
     # written, so two drivers of one study never both run (issue 13, items 1 and 2).
     held = claim(prepared, options)
     try:
+        if prepared.resume and not options.resume:  # a new study's command, run again
+            complete = report_if_complete(prepared, options, out)
+            if complete is not None:
+                return complete
         connection = connect(options.address, verbose=options.verbose)
         try:
             spec, paths = prepared.spec, prepared.paths
@@ -199,10 +203,48 @@ def _estimate(prepared: Prepared) -> float | None:
         return None  # the space's timing is for its own defaults
     cpus = cluster_cpus()
     plan = prepared.plan
-    builtin = prepared.spec.space_definition is None
+    builtin = prepared.spec.source == "builtin"
     return estimate_seconds(
         plan.space, plan.total_trials, cpus, prepared.spec.cpus_per_trial, builtin=builtin
     )
+
+
+def report_if_complete(prepared: Prepared, options: StudyOptions, out: TextIO) -> Outcome | None:
+    """The same command again on its existing study (lock held): when no trial is left to run,
+    verify the finished trials' files as a resume does and report the study, running nothing.
+    None when trials are left and `--resume-if-exists` continues them; StudyInputError when
+    trials are left and it was not given."""
+    paths = prepared.paths
+    total = prepared.plan.total_trials
+    if prepared.spec.searcher == "adaptive":  # its searcher may have ended the study early
+        from study.execute.adaptive_searcher import stopped_at
+
+        total = stopped_at(paths.storage.fs, paths.experiment) or total
+    counts = trial_counts(paths)
+    ended = sum(counts.get(status, 0) for status in ENDED)
+    errored = 0 if options.retry_errored else counts.get(Status.ERROR, 0)
+    if ended + errored < total:
+        if options.resume_if_exists:
+            return None
+        raise StudyInputError(
+            f"study {paths.name!r} already exists at {paths.display(paths.experiment)} and is "
+            f"unfinished ({ended}/{total} trials ended); continue it with --resume-if-exists "
+            "(or --resume), or choose another --name"
+        )
+    from study.execute.resume import verify_finished
+    from study.store.state import finished_trials
+
+    rewritten, lost = verify_finished(paths, finished_trials(paths))
+    print(
+        f"study {paths.name!r} already ran to its end at {paths.display(paths.experiment)}: "
+        "its files are verified, nothing to run",
+        file=out,
+    )
+    for path in rewritten:
+        print(f"rewrote {path} from its trial's last checkpoint", file=out)
+    outcome = Outcome(paths=paths, total=total, counts=trial_counts(paths), lost=lost)
+    _print_summary(outcome, prepared.spec, out)
+    return outcome
 
 
 def trial_counts(paths: StudyPaths) -> dict[str, int]:
@@ -217,7 +259,7 @@ def _print_summary(outcome: Outcome, spec: StudySpec, out: TextIO) -> None:
         f"{outcome.finished}/{outcome.total} trials finished "
         f"({c.get(Status.DIVERGED, 0)} diverged, {c.get(Status.ERROR, 0)} errored"
         + (f", {c[Status.STOPPED]} stopped by the scheduler" if c.get(Status.STOPPED) else "")
-        + f") in {mins}:{secs:02d}",
+        + (f") in {mins}:{secs:02d}" if outcome.wall_s else ")"),  # none: a report of a done study
         file=out,
     )
     print(f"metrics: {paths.display(paths.metrics)}/  (one row per trial and step)", file=out)

@@ -74,7 +74,7 @@ def status(name: str, storage: str = "studies") -> dict[str, Any]:
         "study": name,
         "path": paths.display(paths.experiment),
         "space": spec.space if spec else None,
-        "space_from_file": bool(spec and spec.space_definition),
+        "space_from_file": bool(spec and spec.source == "file"),
         "searcher": spec.searcher if spec else None,
         "smoke": spec.smoke if spec else None,
         "created_at": spec.created_at if spec else None,

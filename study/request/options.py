@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search_spaces import Space, from_file
-from study.errors import StudyError
-from study.request.space import default_num_samples, get_space
-from study.request.spec import StudySpec, check_same, now_iso
+from search_spaces import Space
+from study.errors import StudyError, StudyInputError, StudyLockError, StudyStorageError
+from study.request.space import default_num_samples, definition, get_space, source_of
+from study.request.spec import StudySpec, check_same, definition_differences, now_iso
 from study.store.fs import StudyPaths, check_name, read_json, resolve_storage
 from study.store.state import check_fresh, check_resumable, finished_trials
 from trainables import TrialConfig, parse_override
@@ -29,10 +29,12 @@ DEFAULT_STORAGE = "studies"
 class StudyOptions:
     """What a user asks for; None means "not given" (a default, or remembered on resume)."""
 
-    space: str | None = None
+    space: str | Space | None = None  # a built-in's name, a .toml space file, or a Space
     name: str | None = None
     storage: str = DEFAULT_STORAGE
     resume: bool = False
+    # a new study, or else the existing one of that name continued (or reported when finished)
+    resume_if_exists: bool = False
     retry_errored: bool = False
     address: str | None = None
     cpus_per_trial: float | None = None
@@ -60,6 +62,9 @@ class Request:
     paths: StudyPaths
     resume: bool
     address: str | None = None  # a cluster to attach to; None: the embedded Ray
+    # a new study's command run again on the existing study (same definition): the service
+    # reports it when it is finished, and continues it only with --resume-if-exists
+    repeat: bool = False
 
 
 # ---------------------------------------------------------------- validation (no side effects)
@@ -72,7 +77,7 @@ def parse_overrides(texts: Sequence[str]) -> dict[str, Any]:
         try:
             key, value = parse_override(text)
         except ValueError as exc:
-            raise StudyError(f"--set {text}: {exc}") from None
+            raise StudyInputError(f"--set {text}: {exc}") from None
         if key == "data_path" and value:  # trials run in their own folders
             value = os.path.abspath(os.path.expanduser(value))
         out[key] = value
@@ -88,7 +93,7 @@ def _check_counts(options: StudyOptions) -> None:
     )
     for flag, value, least in checks:
         if value is not None and value < least:
-            raise StudyError(f"{flag} {value}: must be an int >= {least}")
+            raise StudyInputError(f"{flag} {value}: must be an int >= {least}")
     check_resource_values(
         options.cpus_per_trial if options.cpus_per_trial is not None else 1.0,
         options.gpus_per_trial if options.gpus_per_trial is not None else 0.0,
@@ -98,20 +103,22 @@ def _check_counts(options: StudyOptions) -> None:
 def check_resource_values(cpus_per_trial: float, gpus_per_trial: float) -> None:
     """Shape checks that need no cluster."""
     if not (math.isfinite(cpus_per_trial) and cpus_per_trial > 0):
-        raise StudyError(
+        raise StudyInputError(
             f"--cpus-per-trial {cpus_per_trial:g}: must be a number > 0, e.g. 1 or 0.5"
         )
     if not (math.isfinite(gpus_per_trial) and gpus_per_trial >= 0):
-        raise StudyError(f"--gpus-per-trial {gpus_per_trial:g}: must be a number >= 0, e.g. 0.25")
+        raise StudyInputError(
+            f"--gpus-per-trial {gpus_per_trial:g}: must be a number >= 0, e.g. 0.25"
+        )
     for flag, value in (("--cpus-per-trial", cpus_per_trial), ("--gpus-per-trial", gpus_per_trial)):
         # Ray keeps resource quantities in units of 0.0001 and rejects finer ones with a
         # traceback once the study exists.
         if abs(value * 10_000 - round(value * 10_000)) > 1e-6:
-            raise StudyError(
+            raise StudyInputError(
                 f"{flag} {value:g}: Ray's resolution is 0.0001; use at most 4 decimal places"
             )
     if gpus_per_trial > 1 and not float(gpus_per_trial).is_integer():
-        raise StudyError(
+        raise StudyInputError(
             f"--gpus-per-trial {gpus_per_trial:g}: a fraction must be < 1; "
             "above 1 use whole GPUs (Ray's rule)"
         )
@@ -121,7 +128,7 @@ def new_spec(options: StudyOptions, space: Space | None = None) -> StudySpec:
     """The spec of a new study from the options, defaults filled in (`space`: the options'
     space when the caller has resolved it already)."""
     if not options.space:
-        raise StudyError("--space is required for a new study; see --list for the spaces")
+        raise StudyInputError("--space is required for a new study; see --list for the spaces")
     space = space or get_space(options.space)
     searcher = options.searcher or space.searcher
     overrides = parse_overrides(options.overrides)
@@ -151,10 +158,10 @@ def new_spec(options: StudyOptions, space: Space | None = None) -> StudySpec:
         checkpoint_every=_or(options.checkpoint_every, 1 if scheduler != "fifo" else 10),
         code_version=code_version(),
         created_at=now_iso(),
-        # a file's space is kept with the study: a resume needs the file no more
-        space_definition=(
-            from_file.definition(space) if from_file.is_space_file(options.space) else None
-        ),
+        # the space is kept with the study, built-ins too: a resume needs the file no more, and
+        # a repeated command can tell whether the space changed since
+        space_definition=definition(space),
+        space_source=source_of(options.space),
     )
 
 
@@ -165,12 +172,12 @@ def _or(value: Any, default: Any) -> Any:
 def read_request(options: StudyOptions) -> Request:
     """Check every input against the spaces, the trial config and storage; touch nothing."""
     _check_counts(options)
-    if options.retry_errored and not options.resume:
-        raise StudyError("--retry-errored applies to --resume only")
+    if options.retry_errored and not (options.resume or options.resume_if_exists):
+        raise StudyInputError("--retry-errored applies to --resume only (or --resume-if-exists)")
     if not options.resume and not options.space:
-        raise StudyError("--space is required for a new study; see --list for the spaces")
+        raise StudyInputError("--space is required for a new study; see --list for the spaces")
     if options.resume and not (options.name or options.space):
-        raise StudyError("--resume needs --name: the study to continue")
+        raise StudyInputError("--resume needs --name: the study to continue")
     # An unknown space (or a bad space file) is named as such, before the name; a file's
     # space names the study by its own name, not by the file's path.
     space = get_space(options.space) if options.space else None
@@ -179,30 +186,58 @@ def read_request(options: StudyOptions) -> Request:
     name = check_name(options.name if options.name is not None else space_name, "--name")
     paths = StudyPaths(resolve_storage(options.storage), name)
     if not options.resume:
-        check_fresh(paths)
-        return Request(spec=new_spec(options, space), paths=paths, resume=False,
-                       address=options.address)  # fmt: skip
-    check_resumable(paths)
-    try:
-        saved = read_json(paths.storage.fs, paths.spec)
-    except (OSError, ValueError) as exc:
-        raise StudyError(
-            f"cannot resume: {paths.display(paths.spec)} is unreadable ({exc})"
-        ) from None
-    spec = StudySpec.from_json(saved, paths.display(paths.spec))
+        if not _exists(paths):
+            return Request(spec=new_spec(options, space), paths=paths, resume=False,
+                           address=options.address)  # fmt: skip
+        # The same command again (README, "Running a study"): allowed only for the same study.
+        spec = _saved_spec(paths)
+        changed = definition_differences(spec, new_spec(options, space))
+        if changed:
+            raise StudyInputError(
+                f"study {name!r} already exists at {paths.display(paths.experiment)} with "
+                f"another definition ({'; '.join(changed)}); choose another --name, or repeat "
+                "the study's own options"
+            )
+    else:
+        spec = _saved_spec(paths)
     finished_trials(paths)  # a damaged trials.parquet is named now, before anything changes
     given = {f.name: getattr(options, f.name, None) for f in dataclasses.fields(StudySpec)}
     given["overrides"] = parse_overrides(options.overrides)
     if "data_dir" in given["overrides"]:  # remembered as an absolute path
         data_dir = os.path.abspath(os.path.expanduser(given["overrides"].pop("data_dir")))
         if data_dir != spec.data_dir:
-            raise StudyError(
+            raise StudyInputError(
                 f"study {name!r} was created with --set data_dir={spec.data_dir}, not "
                 f"{data_dir}; a resume continues the same study: repeat it or leave it out"
             )
     given["smoke"] = options.smoke
     check_same(spec, given, name)
-    return Request(spec=spec, paths=paths, resume=True, address=options.address)
+    return Request(spec=spec, paths=paths, resume=True, address=options.address,
+                   repeat=not options.resume)  # fmt: skip
+
+
+def _exists(paths: StudyPaths) -> bool:
+    """A study of this name exists (a stale lock alone is none); StudyLockError when a live
+    driver of this host holds it."""
+    try:
+        check_fresh(paths)
+    except StudyLockError:
+        raise
+    except StudyError:
+        return True
+    return False
+
+
+def _saved_spec(paths: StudyPaths) -> StudySpec:
+    """The spec in the study's study.json, once its Tune state is known to be resumable."""
+    check_resumable(paths)
+    try:
+        saved = read_json(paths.storage.fs, paths.spec)
+    except (OSError, ValueError) as exc:
+        raise StudyStorageError(
+            f"cannot resume: {paths.display(paths.spec)} is unreadable ({exc})"
+        ) from None
+    return StudySpec.from_json(saved, paths.display(paths.spec))
 
 
 def code_version() -> str:
