@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 study: setup
-	$(PY) -m study.run --space $(SPACE)
+	$(PY) -m study.run --space $(SPACE) --resume-if-exists
 
 report: setup
 	$(PY) -m reports studies/$(SPACE)

@@ -134,12 +134,7 @@ def resume_study(
 def load_study(path_or_uri: str | os.PathLike[str]) -> StudyResult:
     """The study in the folder `path_or_uri` (`studies/k_sweep`, `s3://bucket/studies/x`), as
     it stands now, finished or running; starts no Ray and writes nothing."""
-    text = os.fspath(path_or_uri).rstrip("/")
-    scheme, sep, rest = text.rpartition("://")
-    parent, _, name = (rest if sep else text).rpartition("/")
-    if not name:
-        raise StudyInputError(f"{text!r}: give a study's folder, e.g. studies/k_sweep")
-    storage = f"{scheme}{sep}{parent}" if sep else (parent or ".")
+    storage, name = split_study_path(path_or_uri)
     paths = StudyPaths(resolve_storage(storage), check_name(name, "the study folder's name"))
     if not paths.exists():
         raise StudyInputError(f"no study at {paths.display(paths.experiment)}")
@@ -160,6 +155,24 @@ def load_study(path_or_uri: str | os.PathLike[str]) -> StudyResult:
         total=_planned(spec, paths, sum(counts.values())),
         counts=counts,
     )
+
+
+def split_study_path(path_or_uri: str | os.PathLike[str]) -> tuple[str, str]:
+    """(storage, name) of a study's folder; a URI keeps its scheme and query options
+    (`s3://b/studies/x?endpoint_override=h:9000` -> `s3://b/studies?endpoint_override=h:9000`)."""
+    from urllib.parse import urlsplit
+
+    text = os.fspath(path_or_uri)
+    if "://" in text:
+        parts = urlsplit(text)
+        parent, _, name = (parts.netloc + parts.path).rstrip("/").rpartition("/")
+        storage = f"{parts.scheme}://{parent}" + (f"?{parts.query}" if parts.query else "")
+    else:
+        parent, _, name = text.rstrip("/").rpartition("/")
+        storage = parent or ("/" if text.startswith("/") else ".")
+    if not name or (not parent and "://" in text):
+        raise StudyInputError(f"{text!r}: give a study's folder, e.g. studies/k_sweep")
+    return storage, name
 
 
 def _planned(spec: StudySpec, paths: StudyPaths, known: int) -> int:

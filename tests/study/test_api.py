@@ -134,3 +134,22 @@ def test_resume_study_of_a_finished_study_keeps_its_trials(smoke) -> None:
     resumed = study.resume_study(smoke.name, storage=smoke.storage, out=io.StringIO())
     assert resumed.exit_code == 0 and resumed.counts == {"TERMINATED": 4}
     pd.testing.assert_frame_equal(resumed.metrics, smoke.metrics)
+
+
+@pytest.mark.parametrize(
+    ("given", "storage", "name"),
+    [
+        ("studies/k_sweep/", "studies", "k_sweep"),
+        ("k_sweep", ".", "k_sweep"),
+        ("/k_sweep", "/", "k_sweep"),
+        (
+            "s3://b/studies/x?endpoint_override=h:9000&scheme=http",
+            "s3://b/studies?endpoint_override=h:9000&scheme=http",
+            "x",
+        ),
+    ],
+)
+def test_a_study_folder_splits_into_storage_and_name(given: str, storage: str, name: str) -> None:
+    from study.api import split_study_path
+
+    assert split_study_path(given) == (storage, name)

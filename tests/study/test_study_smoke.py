@@ -136,14 +136,16 @@ def test_resume_of_a_finished_study_reruns_nothing(smoke_study: tuple) -> None:
     assert _tree(metrics) == before
 
 
-def test_an_existing_name_without_resume_is_refused_untouched(
+def test_an_existing_name_with_another_definition_is_refused_untouched(
     smoke_study: tuple, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The same command again reports the study (tests/study/request/test_repeat.py); another
+    study under its name is refused."""
     storage, _, _ = smoke_study
     before = _tree(storage)
-    assert main(["--space", "smoke", "--storage", str(storage)]) == 2
+    assert main(["--space", "smoke", "--smoke", "--storage", str(storage)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "already exists" in err and "--resume" in err
+    assert len(err.splitlines()) == 1 and "already exists" in err and "--smoke" in err
     assert _tree(storage) == before
 
 
