@@ -1,9 +1,12 @@
-"""`python -m study.status NAME [--storage DIR] [--json]`: where a study stands, from its files.
+"""`python -m study.status NAME [--storage DIR] [--json] [--verify]`: where a study stands,
+from its files.
 
 It reads `study.json`, `results/trials.parquet`, `results/metrics/*.parquet` and the study lock,
 and never starts Ray: neither ray nor torch is imported, so it answers in a fraction of a
 second while a driver runs the study, or after it has gone. Exit codes: 0 shown, 2 bad input
-(an unknown study, an unreadable file: one line on stderr).
+(an unknown study, an unreadable file: one line on stderr). `--verify` checks every results
+file against its content checksum instead (study.store.verify): 0 every file matches (or
+predates checksums), 1 some file does not, each named with its trial.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from study.request.spec import StudySpec
 from study.store.fs import StudyPaths, check_name, read_json, read_parquet, resolve_storage
 from study.store.layout import FINISHED, Status
 from study.store.state import last_write, lock_state
+from study.store.verify import FileCheck, render_checks, verify_study
 
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
+EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
 # FINISHED: done for good; STOPPED ends early by design.
 ENDED_EARLY = (Status.DIVERGED, Status.STOPPED)  # the steps after their last record never run
 NOT_STARTED = "NOT_STARTED"  # planned trials the searcher has not created yet
@@ -88,6 +92,21 @@ def status(name: str, storage: str = "studies") -> dict[str, Any]:
         "last_write": last_write(paths),
         "lock": lock,
     }
+
+
+def verify(name: str, storage: str = "studies") -> list[FileCheck]:
+    """Every results file of the study checked against its checksum, and every finished
+    trial's metrics file present; StudyError when the study cannot be found."""
+    paths = StudyPaths(resolve_storage(storage), check_name(name, "NAME"))
+    if not paths.exists():
+        raise StudyError(
+            f"no study {name!r} at {paths.display(paths.experiment)} (check NAME and --storage)"
+        )
+    try:  # an unreadable trials.parquet is one of the verdicts, not a reason to stop
+        finished = [t.trial_id for t in _read_trials(paths).values() if t.status in FINISHED]
+    except StudyError:
+        finished = []
+    return verify_study(paths, finished)
 
 
 # ---------------------------------------------------------------- reading the files
@@ -334,12 +353,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="the study's name")
     p.add_argument("--storage", default="studies", help="where studies live (default ./studies)")
     p.add_argument("--json", action="store_true", help="print the same as one JSON object")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every results file against its checksum: exit 1 naming any that differs",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
+        if args.verify:
+            return _main_verify(args.name, args.storage, args.json)
         view = status(args.name, args.storage)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -349,6 +375,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     print(json.dumps(view, indent=2, sort_keys=True) if args.json else render(view))
     return EXIT_OK
+
+
+def _main_verify(name: str, storage: str, as_json: bool) -> int:
+    checks = verify(name, storage)
+    bad = [c for c in checks if c.bad]
+    if as_json:
+        files = [{"path": c.path, "table": c.table, "trial_id": c.trial_id, "state": c.state,
+                  "detail": c.detail} for c in checks]  # fmt: skip
+        print(json.dumps({"study": name, "ok": not bad, "files": files}, indent=2))
+    else:
+        print(render_checks(name, checks))
+    return EXIT_MISMATCH if bad else EXIT_OK
 
 
 if __name__ == "__main__":

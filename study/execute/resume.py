@@ -30,11 +30,26 @@ import pyarrow.fs as pafs
 
 from study.execute.trainable import PHASES_FILE, ROWS_FILE
 from study.ray_internals import driver_staging_folders
-from study.store.fs import StudyPaths, read_parquet, write_bytes_atomic, write_parquet_atomic
-from study.store.layout import FINISHED, Status, metrics_file, phases_file, unique_by_step
+from study.store.checksum import MISMATCH, OK, checksum_state, same_content, write_checked
+from study.store.fs import StudyPaths, read_parquet, write_bytes_atomic
+from study.store.layout import (
+    FINISHED,
+    METRICS_SCHEMA,
+    Status,
+    metrics_file,
+    phases_file,
+    unique_by_step,
+)
 from study.store.snapshots import keep_only
-from study.store.state import check_resumable, finished_trials, newest_state, trial_statuses
+from study.store.state import (
+    check_resumable,
+    finished_trials,
+    newest_state,
+    read_trials,
+    trial_statuses,
+)
 from study.store.tune_files import CHECKPOINT_PREFIX, mark_errored, session_of
+from study.store.verify import reported_rows
 
 __all__ = ["FINISHED", "checkpoint_rows", "prepare_resume", "reconcile_errored", "verify_finished"]
 
@@ -47,9 +62,11 @@ def prepare_resume(paths: StudyPaths, out: TextIO) -> list[str]:
     keep_only(paths, chosen)
     prune_driver_staging(paths.name, chosen)
     reconcile_errored(paths)  # Tune's snapshot may miss a trial's ERROR (Ray race)
-    rewritten, lost = verify_finished(paths, finished_trials(paths))
+    sources: dict[str, str] = {}
+    rewritten, lost = verify_finished(paths, finished_trials(paths), sources)
     for path in rewritten:
-        print(f"rewrote {path} from its trial's last checkpoint", file=out, flush=True)
+        source = sources.get(path, "its trial's last checkpoint")
+        print(f"rewrote {path} from {source}", file=out, flush=True)
     return lost
 
 
@@ -104,50 +121,103 @@ def _checkpoint_phases(fs: pafs.FileSystem, folder: str) -> pa.Table | None:
     return _unique(phases)
 
 
-def _same_rows(stored: pa.Table | None, saved: pa.Table) -> bool:
-    return (
-        stored is not None
-        and stored.schema.names == saved.schema.names
-        and _steps(stored) == _steps(saved)
-    )
+def _kept(stored: pa.Table | None, source: pa.Table | None) -> bool:
+    """Whether a stored file stays as it is: readable, not contradicting its checksum, and
+    holding every step of `source` (its checksum proves its values) or, for a file written
+    before checksums, exactly `source`'s rows and values."""
+    if stored is None or "step" not in stored.column_names:
+        return False
+    state = checksum_state(stored)
+    if state == MISMATCH:
+        return False
+    if source is None:
+        return True  # nothing to compare with: kept as it is
+    if state == OK:
+        return set(_steps(stored)) >= set(_steps(source))
+    return same_content(stored, source)
+
+
+def _most_rows(
+    stored: pa.Table | None, saved: pa.Table | None, reported: list[dict]
+) -> pa.Table | None:
+    """Every step any source holds, each from the most exact one: the checkpoint's rows, then
+    a stored file whose checksum matches, then Tune's log of the reports (result.json, which
+    lacks only the record's own `reported_at`). None when no source holds a row."""
+    by_step = {int(r["step"]): r for r in reported}
+    if stored is not None and "step" in stored.column_names and checksum_state(stored) == OK:
+        by_step |= {int(r["step"]): r for r in stored.to_pylist()}
+    if saved is not None:
+        by_step |= {int(r["step"]): r for r in saved.to_pylist()}
+    if not by_step:
+        return None
+    if saved is not None and len(by_step) == saved.num_rows:
+        return saved  # the checkpoint alone: in its own layout, as it was written
+    layout = saved if saved is not None else stored
+    schema = layout.schema if layout is not None else METRICS_SCHEMA
+    return pa.Table.from_pylist([by_step[step] for step in sorted(by_step)], schema=schema)
+
+
+def _set_aside(fs: pafs.FileSystem, path: str) -> None:
+    """Rename a damaged file to a hidden `.<name>.damaged`: readers of the folder skip it."""
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        name = PurePosixPath(path)
+        fs.move(path, str(name.with_name(f".{name.name}.damaged")))
 
 
 def verify_finished(
-    paths: StudyPaths, finished: dict[str, str | None]
+    paths: StudyPaths, finished: dict[str, str | None], sources: dict[str, str] | None = None
 ) -> tuple[list[str], list[str]]:
-    """Check the metrics files of `finished` (trial_id → its folder name in the study).
+    """Check the metrics and phases files of `finished` (trial_id → its folder in the study).
 
-    Returns (rewritten, lost): files rewritten from their checkpoints, and files that are
-    missing or unreadable with no checkpoint left to rebuild them from. An unreadable lost
-    file is renamed to a hidden `.<name>.damaged` beside it, so that readers of the metrics
-    folder (which skip dotfiles) still work; the caller reports the lost ones (exit 1).
+    A file is kept when it is readable, matches its checksum and holds every step its sources
+    hold (a file written before checksums: when it equals its checkpoint's rows). Otherwise it
+    is rewritten from the sources with the most rows (`_most_rows`: the checkpoints, then
+    Tune's result.json), never from fewer than they hold together.
+
+    Returns (rewritten, lost): files rewritten, and files with no source left to rebuild them
+    from, or rebuilt short of the trial's last step in trials.parquet. An unreadable or
+    altered lost file is renamed to a hidden `.<name>.damaged` beside it, so that readers of
+    the metrics folder (which skip dotfiles) still work; the caller reports the lost ones
+    (exit 1). `sources`, when given, gets each rewritten file's source, as words.
     """
     fs = paths.storage.fs
     rewritten: list[str] = []
     lost: list[str] = []
+    last = read_trials(paths, ["trial_id", "step"])
+    last_step = dict(zip(last["trial_id"], last["step"], strict=True))
     for trial_id, logdir in sorted(finished.items()):
         path = metrics_file(paths.results, trial_id)
-        stored = _read_table(fs, path)
-        best = (
-            _best_checkpoint(fs, str(PurePosixPath(paths.experiment, logdir))) if logdir else None
-        )
-        saved = None if best is None else best[0]
+        trial_dir = str(PurePosixPath(paths.experiment, logdir)) if logdir else None
+        best = _best_checkpoint(fs, trial_dir) if trial_dir else None
         if best is not None:
             phases = _checkpoint_phases(fs, best[1])
             phases_path = phases_file(paths.results, trial_id)
-            if phases is not None and not _same_rows(_read_table(fs, phases_path), phases):
-                write_parquet_atomic(fs, phases_path, phases)
+            if phases is not None and not _kept(_read_table(fs, phases_path), phases):
+                write_checked(fs, phases_path, phases)
                 rewritten.append(paths.display(phases_path))
-        if saved is None:
-            if stored is None or "step" not in stored.column_names:
-                lost.append(paths.display(path))
-                if fs.get_file_info(path).type == pafs.FileType.File:
-                    name = PurePosixPath(path)
-                    fs.move(path, str(name.with_name(f".{name.name}.damaged")))
-            continue  # a readable file with no checkpoint to compare: kept as it is
-        if not _same_rows(stored, saved):
-            write_parquet_atomic(fs, path, saved)
-            rewritten.append(paths.display(path))
+        stored = _read_table(fs, path)
+        saved = None if best is None else best[0]
+        reported = reported_rows(fs, trial_dir, paths.name, trial_id) if trial_dir else []
+        source = _most_rows(stored, saved, reported)
+        if _kept(stored, source):
+            continue
+        shown = paths.display(path)
+        if source is None:
+            lost.append(shown)
+            _set_aside(fs, path)
+            continue
+        write_checked(fs, path, source)
+        rewritten.append(shown)
+        if sources is not None:
+            from_log = saved is None or source.num_rows > saved.num_rows
+            sources[shown] = (
+                "its trial's last checkpoint" if not from_log
+                else "Tune's result.json" if saved is None
+                else "its trial's last checkpoint and Tune's result.json"
+            )  # fmt: skip
+        step = last_step.get(trial_id)
+        if step is not None and max(source.column("step").to_pylist()) < step:
+            lost.append(shown)  # rebuilt short of the last step: named, never silent
     return rewritten, lost
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from ray.tune import Callback
 
 from study.ray_internals import stopped_by_tune, trial_storage
+from study.store.checksum import with_checksum
 from study.store.fs import read_parquet, remove_stale_tmp, results_dir, write_parquet_atomic
 from study.store.layout import (
     CONFIG_NAMES,
@@ -20,14 +21,12 @@ from study.store.layout import (
     config_columns,
     metric_columns,
     metrics_file,
+    reported_row,
     table,
     utc,
     write_trial_metrics,
 )
 from trainables import TrialConfig
-
-_PROVENANCE = ("attempt", "device", "node", "ilstudy_version", "torch_version")
-
 
 # Tune's trial statuses (its `Trial` class) → ours; TERMINATED is refined by `trial_status`.
 # A PAUSED trial (PBT, HyperBand) waits to continue, as a PENDING one does.
@@ -136,7 +135,8 @@ class TrialsWriter(Callback):
         storage = trial_storage(trials[0])
         path = results_dir(storage.experiment) + "/trials.parquet"
         rows = [self.row(t) for t in sorted(trials, key=lambda t: t.trial_id)]
-        write_parquet_atomic(storage.fs, path, table(rows, TRIALS_SCHEMA))
+        # With its content checksum, as every results file (study.store.checksum).
+        write_parquet_atomic(storage.fs, path, with_checksum(table(rows, TRIALS_SCHEMA)))
         self._last_write, self._dirty = time.time(), False
 
     def _store_reported(self, trial: Any) -> None:
@@ -148,7 +148,6 @@ class TrialsWriter(Callback):
             return
         storage = trial_storage(trial)
         fs, results = storage.fs, results_dir(storage.experiment)
-        config = config_columns(_config_keys(trial.config))
         stored: list[dict[str, Any]] = []
         path = metrics_file(results, trial.trial_id)
         # Missing or unreadable: the reported rows alone.
@@ -156,14 +155,7 @@ class TrialsWriter(Callback):
             stored = read_parquet(fs, path).to_pylist()
         have = {int(r["step"]) for r in stored}
         extra = [
-            {
-                "study": self.study,
-                "trial_id": trial.trial_id,
-                **config,
-                **metric_columns(result),
-                **{k: result.get(k) for k in _PROVENANCE},
-                "reported_at": utc(result.get("reported_at")),
-            }
+            reported_row(self.study, trial.trial_id, trial.config or {}, result)
             for step, result in sorted(reported.items())
             if step not in have
         ]

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from study.store.fs import write_parquet_atomic
+from study.store.checksum import write_checked
 from trainables import MEASURE_KEYS, PHASE_KEYS, RECORD_KEYS, TrialConfig
 
 # +1 whenever a reader of older files would misread the new ones. 2: the phases table, and
@@ -179,6 +179,24 @@ def metric_columns(record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_REPORTED_PROVENANCE = ("attempt", "device", "node", "ilstudy_version", "torch_version")
+
+
+def reported_row(
+    study: str, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A metrics row from a result the trial reported to Tune (the driver keeps these; Tune
+    logs them in result.json): the record's values, its provenance, the report's time."""
+    return {
+        "study": study,
+        "trial_id": trial_id,
+        **config_columns({k: v for k, v in config.items() if k in CONFIG_NAMES}),
+        **metric_columns(result),
+        **{k: result.get(k) for k in _REPORTED_PROVENANCE},
+        "reported_at": utc(result.get("reported_at")),
+    }
+
+
 def phase_columns(row: Mapping[str, Any]) -> dict[str, Any]:
     """Every phase key of a stability row; NaN where it lacks a measure."""
     return {f.name: row.get(f.name, math.nan) for f in PHASE_FIELDS}
@@ -215,7 +233,7 @@ def write_trial_phases(
     fs: pafs.FileSystem, results_dir: str, trial_id: str, rows: Sequence[Mapping[str, Any]]
 ) -> None:
     """Replace the trial's phases file with exactly `rows` (unique per step), atomically."""
-    write_parquet_atomic(
+    write_checked(
         fs, phases_file(results_dir, trial_id), table(unique_by_step(rows), PHASES_SCHEMA)
     )
 
@@ -223,7 +241,8 @@ def write_trial_phases(
 def write_trial_metrics(
     fs: pafs.FileSystem, results_dir: str, trial_id: str, rows: Sequence[Mapping[str, Any]]
 ) -> None:
-    """Replace the trial's metrics file with exactly `rows` (unique per step), atomically."""
-    write_parquet_atomic(
+    """Replace the trial's metrics file with exactly `rows` (unique per step), atomically,
+    with its content checksum (study.store.checksum)."""
+    write_checked(
         fs, metrics_file(results_dir, trial_id), table(unique_by_step(rows), METRICS_SCHEMA)
     )

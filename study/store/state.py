@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from study.errors import StudyError
+from study.store.checksum import MISMATCH, checksum_state
 from study.store.fs import StudyPaths, _first_line, experiment_files, read_parquet
 from study.store.layout import FINISHED
 from study.store.lock import (
@@ -68,12 +69,16 @@ def newest_state(paths: StudyPaths) -> str | None:
 
 def read_trials(paths: StudyPaths, columns: list[str]) -> dict[str, list[Any]]:
     """Columns of the study's trials.parquet (empty if it is not written yet); StudyError
-    naming the file when it is damaged (truncated, garbage, empty, wrong columns)."""
+    naming the file when it is damaged (truncated, garbage, empty, wrong columns, values
+    that contradict its checksum)."""
     fs = paths.storage.fs
     if fs.get_file_info(paths.trials).type == pafs.FileType.NotFound:
         return {c: [] for c in columns}
     try:
-        return read_parquet(fs, paths.trials, columns).to_pydict()
+        trials = read_parquet(fs, paths.trials)
+        if checksum_state(trials) == MISMATCH:
+            raise ValueError("its values differ from the checksum written with them")
+        return trials.select(columns).to_pydict()
     except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
         raise StudyError(
             f"cannot resume: {paths.display(paths.trials)} is unreadable ({_first_line(exc)}); "

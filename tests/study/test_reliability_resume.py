@@ -113,11 +113,13 @@ def test_a_finished_trials_missing_or_damaged_metrics_are_rebuilt_on_resume(
     pd.testing.assert_frame_equal(rebuilt, original)
     _check_exact(experiment)
 
-    # Damaged, and its trial's checkpoints deleted: cannot be rebuilt.
+    # Damaged, and its trial's checkpoints and Tune's log of its reports deleted: cannot be
+    # rebuilt (with the log left, it is rebuilt from there: tests/study/store/test_verify.py).
     trials = pd.read_parquet(experiment / "results" / "trials.parquet").set_index("trial_id")
     lost = files[3]
     for checkpoint in (experiment / trials.loc[lost.stem, "logdir"]).glob("checkpoint_*"):
         shutil.rmtree(checkpoint)
+    (experiment / trials.loc[lost.stem, "logdir"] / "result.json").unlink()
     lost.write_bytes(b"not parquet")
     out = io.StringIO()
     third = run_study(resume, out=out)
