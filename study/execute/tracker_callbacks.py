@@ -1,5 +1,12 @@
 """Experiment trackers as Tune callbacks: MLflow, Weights & Biases and TensorBoard, through
-Tune's own logger callbacks (the checks a study passes first are in `study.plan.trackers`). The Parquet files stay the record of truth; a tracker only shows the runs.
+Tune's own logger callbacks (the checks a study passes first are in `study.plan.trackers`).
+The Parquet files stay the record of truth; a tracker only shows the runs.
+
+Every tracker logs a record at its optimiser `step` (the `step` column of the Parquet rows),
+not at Tune's record count, so its curves lie over the report's. Each step is logged once
+per trial: a resumed trial reports again the records after its checkpoint, and those a
+tracker already holds (read back from its own files, `study.execute.tracker_readback`) or
+logged earlier in this driver are skipped.
 
 Each tracker's package is an optional extra (`pip install 'ilstudy[mlflow]'`); asking for one
 that is not installed is refused before anything is written. None of them may bring torch
@@ -9,28 +16,12 @@ into the driver, which needs no torch (tests check it).
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from study.errors import StudyError
+from study.execute.tracker_steps import without_torch
 from study.plan.trackers import MLFLOW_REMOTE, check_trackers
-
-
-@contextmanager
-def _without_torch() -> Iterator[None]:
-    """tensorboardX imports torch when it can, only to accept tensors; the driver logs floats,
-    so torch is hidden while it is imported (a driver that already has torch keeps it)."""
-    if "torch" in sys.modules:
-        yield
-        return
-    sys.modules["torch"] = None  # type: ignore[assignment]  # import torch → ImportError
-    try:
-        yield
-    finally:
-        if sys.modules.get("torch") is None:
-            del sys.modules["torch"]
 
 
 def tracker_callbacks(names: Sequence[str], study: str, study_dir: str | None) -> list[Any]:
@@ -46,7 +37,7 @@ def tracker_callbacks(names: Sequence[str], study: str, study_dir: str | None) -
     out: list[Any] = []
     for name in names:
         if name == "mlflow":
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
+            from study.execute.tracker_mlflow import StepMLflow
 
             uri = os.environ.get("MLFLOW_TRACKING_URI")
             if not uri:
@@ -55,11 +46,9 @@ def tracker_callbacks(names: Sequence[str], study: str, study_dir: str | None) -
                 uri = "file://" + os.path.join(study_dir, "mlruns")
                 # MLflow 3 keeps its file store only on request; it needs no server
                 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            out.append(
-                MLflowLoggerCallback(tracking_uri=uri, experiment_name=study, save_artifact=False)
-            )
+            out.append(StepMLflow(tracking_uri=uri, experiment_name=study, save_artifact=False))
         elif name == "wandb":
-            from ray.air.integrations.wandb import WandbLoggerCallback
+            from study.execute.tracker_wandb import StepWandb
 
             mode = os.environ.get("WANDB_MODE") or (
                 "online" if os.environ.get("WANDB_API_KEY") else "offline"
@@ -68,11 +57,11 @@ def tracker_callbacks(names: Sequence[str], study: str, study_dir: str | None) -
             kwargs: dict[str, Any] = {"mode": mode}
             if study_dir is not None:
                 kwargs["dir"] = study_dir
-            out.append(WandbLoggerCallback(project=study, **kwargs))
+            out.append(StepWandb(project=study, **kwargs))
         else:
-            with _without_torch():
+            with without_torch():
                 import tensorboardX  # noqa: F401  # imported here, without torch
-                from ray.tune.logger import TBXLoggerCallback
+            from study.execute.tracker_tensorboard import StepTensorBoard
 
-            out.append(TBXLoggerCallback())
+            out.append(StepTensorBoard())
     return out

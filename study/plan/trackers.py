@@ -1,5 +1,6 @@
-"""Experiment trackers as views: MLflow, Weights & Biases and TensorBoard, through Tune's own
-logger callbacks. The Parquet files stay the record of truth; a tracker only shows the runs.
+"""Experiment trackers as views: MLflow, Weights & Biases and TensorBoard, as Tune logger
+callbacks that log each record once, at its optimiser step (`study.execute.tracker_callbacks`).
+The Parquet files stay the record of truth; a tracker only shows the runs.
 
 Each tracker's package is an optional extra (`pip install 'ilstudy[mlflow]'`); asking for one
 that is not installed is refused before anything is written. None of them may bring torch

@@ -6,18 +6,19 @@ import glob
 import io
 import json
 import os
-import struct
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from ray import tune
 
 from study.errors import StudyError
-from study.service import StudyOptions, prepare, run_study
+from study.execute.tracker_steps import tensorboard_scalars, wandb_history, wandb_run_files
+from study.service import EXIT_INTERRUPTED, StudyOptions, prepare, run_study
 
 SPACE = """\
 description = "trackers: one tiny trial"
@@ -34,71 +35,72 @@ seed = 0
 """
 
 
-def _wandb_records(path: str) -> Iterator[bytes]:
-    """The records of a W&B `.wandb` file: a 7-byte header, then LevelDB-style log blocks of
-    32 KiB whose records carry a 7-byte header (CRC, little-endian length, type)."""
-    data = Path(path).read_bytes()
-    pos, block, buf = 7, 32768, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:  # the block's tail is padding
-            pos += left
-            continue
-        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 1:  # a whole record
-            yield chunk
-        elif kind == 2:  # first, middle, last pieces of one record
-            buf = chunk
-        elif kind == 3:
-            buf += chunk
-        elif kind == 4:
-            yield buf + chunk
+class InterruptAtStep(tune.Callback):
+    """SIGUSR1 (Tune's graceful stop) once a trial reports `step`; "once" lives in a file."""
+
+    def __init__(self, flag: Path, step: int) -> None:
+        self.flag, self.step = str(flag), step
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
+        if result.get("step") == self.step and not os.path.exists(self.flag):
+            Path(self.flag).write_text("1")
+            os.kill(os.getpid(), signal.SIGUSR1)
 
 
-def _wandb_history(path: str) -> list[dict[str, Any]]:
-    from wandb.proto import wandb_internal_pb2 as pb
+def _tracked(study: Path, trial_id: str) -> dict[str, list[tuple[int, float]]]:
+    """(step, val_acc) as each tracker holds them, in the order they were logged."""
+    from mlflow import MlflowClient
 
-    rows = []
-    for data in _wandb_records(path):
-        record = pb.Record()
-        record.ParseFromString(data)
-        if record.WhichOneof("record_type") == "history":
-            rows.append(
-                {
-                    i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                    for i in record.history.item
-                }
-            )
-    return rows
-
-
-def _tensorboard_scalars(path: str, tag: str) -> dict[int, float]:
-    """step → value of `tag` in a TFRecord event file (length, CRC, event, CRC)."""
-    from tensorboardX.proto import event_pb2
-
-    data, pos, out = Path(path).read_bytes(), 0, {}
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack("<Q", data[pos : pos + 8])
-        event = event_pb2.Event()
-        event.ParseFromString(data[pos + 12 : pos + 12 + length])
-        pos += 12 + length + 4
-        for value in event.summary.value:
-            if value.tag == tag:
-                out[event.step] = value.simple_value
-    return out
+    client = MlflowClient(tracking_uri=f"file://{study / 'mlruns'}")
+    experiment = client.get_experiment_by_name(study.name)
+    (run,) = client.search_runs([experiment.experiment_id])  # one run per trial, resumed too
+    mlflow = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_acc")]
+    wandb = [
+        (row["_step"], row["val_acc"])
+        for path in wandb_run_files(str(study / "wandb"), trial_id)
+        for row in wandb_history(path)
+        if "val_acc" in row
+    ]
+    folder = glob.glob(str(study / f"*{trial_id}*"))
+    assert len(folder) == 1
+    tensorboard = [
+        (step, value)
+        for path in sorted(glob.glob(os.path.join(folder[0], "events.out.tfevents.*")))
+        for tag, step, value in tensorboard_scalars(path)
+        if tag == "ray/tune/val_acc"
+    ]
+    return {"mlflow": mlflow, "wandb": wandb, "tensorboard": tensorboard}
 
 
-@pytest.mark.ray
-@pytest.mark.timeout(300)
-def test_mlflow_wandb_and_tensorboard_each_hold_the_reported_metrics_offline(
-    ray_session: Any, storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
+def _truth(study: Path) -> tuple[str, list[tuple[int, float]]]:
+    rows = pd.read_parquet(study / "results" / "metrics").sort_values("step")
+    (trial_id,) = rows["trial_id"].unique()
+    return trial_id, list(zip(rows["step"].tolist(), rows["val_acc"].tolist(), strict=True))
+
+
+def _assert_same(tracked: dict[str, list[tuple[int, float]]], truth: list) -> None:
+    for tracker, logged in tracked.items():
+        steps = [step for step, _ in logged]
+        assert steps == sorted(set(steps)), f"{tracker}: a step logged twice or out of order"
+        assert steps == [step for step, _ in truth], tracker
+        assert [v for _, v in logged] == pytest.approx([v for _, v in truth], rel=1e-6), tracker
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_mlflow_wandb_and_tensorboard_log_each_record_at_its_optimiser_step(
+    ray_session: Any, storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records at steps 0, 4, 8: the trackers hold them at those steps, not at Tune's 1, 2, 3."""
+    _offline(monkeypatch)
     space = tmp_path / "trk.toml"
     space.write_text(SPACE)
     outcome = run_study(
@@ -109,31 +111,43 @@ def test_mlflow_wandb_and_tensorboard_each_hold_the_reported_metrics_offline(
     )
     assert outcome.exit_code == 0
     study = storage / "trk"
-    rows = pd.read_parquet(study / "results" / "metrics").sort_values("step")
-    (trial_id,) = rows["trial_id"].unique()
-    truth = dict(zip(rows["step"].tolist(), rows["val_acc"].tolist(), strict=True))
-    assert len(truth) == 3  # steps 0, 4, 8
+    trial_id, truth = _truth(study)
+    assert [step for step, _ in truth] == [0, 4, 8]
+    _assert_same(_tracked(study, trial_id), truth)
 
-    # MLflow: a local file store in the study's folder, one run per trial
-    from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    client = MlflowClient(tracking_uri=f"file://{study / 'mlruns'}")
-    experiment = client.get_experiment_by_name("trk")
-    (run,) = client.search_runs([experiment.experiment_id])
-    history = client.get_metric_history(run.info.run_id, "val_acc")
-    got = sorted(m.value for m in history)
-    assert got == pytest.approx(sorted(truth.values()))
-
-    # W&B offline: the run's own .wandb file holds every reported row
-    (wandb_file,) = glob.glob(str(study / "wandb" / f"offline-run-*{trial_id}" / "*.wandb"))
-    logged = {r["step"]: r["val_acc"] for r in _wandb_history(wandb_file) if "val_acc" in r}
-    assert logged == pytest.approx(truth)
-
-    # TensorBoard: event files in the trial's folder, one scalar per report
-    (events,) = glob.glob(str(study / f"*{trial_id}*" / "events.out.tfevents.*"))
-    scalars = _tensorboard_scalars(events, "ray/tune/val_acc")
-    assert sorted(scalars.values()) == pytest.approx(sorted(truth.values()), rel=1e-6)
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_after_an_interrupt_and_a_resume_each_step_is_logged_once(
+    ray_session: Any, storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial checkpoints only at its end, so the resumed one starts over and reports the
+    records before the interrupt again (Tune's result.json shows it); every tracker still
+    holds each step once."""
+    _offline(monkeypatch)
+    space = tmp_path / "trk.toml"
+    space.write_text(SPACE.replace("total_steps = 8", "total_steps = 40"))
+    flag = tmp_path / "interrupted"
+    first = run_study(
+        StudyOptions(
+            space=str(space), storage=str(storage), checkpoint_every=20,
+            trackers=["mlflow", "wandb", "tensorboard"],
+        ),
+        callbacks=[InterruptAtStep(flag, 8)],
+        out=io.StringIO(),
+    )  # fmt: skip
+    assert flag.exists() and first.exit_code == EXIT_INTERRUPTED
+    again = run_study(
+        StudyOptions(resume=True, name="trk", storage=str(storage)), out=io.StringIO()
+    )
+    assert again.exit_code == 0
+    study = storage / "trk"
+    trial_id, truth = _truth(study)
+    assert [step for step, _ in truth] == list(range(0, 41, 4))
+    (result_json,) = glob.glob(str(study / f"*{trial_id}*" / "result.json"))
+    reported = [json.loads(line)["step"] for line in Path(result_json).read_text().splitlines()]
+    assert len(reported) > len(set(reported))  # Tune did replay records after the resume
+    _assert_same(_tracked(study, trial_id), truth)
 
 
 def test_a_tracker_that_is_not_installed_is_refused_naming_its_extra(
