@@ -1,8 +1,8 @@
 """The content checksum of a study's Parquet files, defined once.
 
-A SHA-256 over a canonical serialisation of the table's rows (column names, types and every
-value; floats as exact hex, so NaN, -0.0 and the last bit count), stored in the file's own
-schema metadata under CHECKSUM_KEY. It covers the values, not the bytes: the same rows
+A SHA-256 over a canonical serialisation of the table's rows (column names, types, which
+values are null and every value; numbers as their exact machine values, so -0.0 and the last
+bit count, and every NaN as one), stored in the file's own schema metadata under CHECKSUM_KEY. It covers the values, not the bytes: the same rows
 written by another pyarrow version still match. Checked by study.store.verify.
 """
 
@@ -11,10 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import struct
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from study.store.fs import write_parquet_atomic
@@ -37,13 +40,31 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def _column_bytes(column: pa.ChunkedArray) -> bytes:
+    """The column's values as canonical bytes: which rows are null, then the values, numbers
+    as little-endian machine values (one NaN bit pattern; -0.0 kept), the rest as JSON."""
+    kind = column.type
+    nulls = np.asarray(pc.is_null(column), dtype="u1")
+    if pa.types.is_floating(kind):
+        values = np.asarray(pc.fill_null(column, 0.0), dtype="<f8").copy()
+        values[np.isnan(values)] = np.nan
+    elif pa.types.is_integer(kind) or pa.types.is_timestamp(kind):
+        values = np.asarray(pc.fill_null(column.cast(pa.int64()), 0), dtype="<i8")
+    elif pa.types.is_boolean(kind):
+        values = np.asarray(pc.fill_null(column, False), dtype="u1")
+    else:
+        text = json.dumps([_canonical(v) for v in column.to_pylist()], separators=(",", ":"))
+        return nulls.tobytes() + text.encode()
+    return nulls.tobytes() + values.tobytes()
+
+
 def content_digest(table: pa.Table) -> str:
     """SHA-256 (hex) of the table's columns, types and values, in order; metadata left out."""
     digest = hashlib.sha256()
     for field, column in zip(table.schema, table.columns, strict=True):
-        values = [_canonical(v) for v in column.to_pylist()]
-        item = [field.name, str(field.type), values]
-        digest.update(json.dumps(item, separators=(",", ":")).encode())
+        header = json.dumps([field.name, str(field.type), len(column)]).encode()
+        for part in (header, _column_bytes(column)):
+            digest.update(struct.pack("<Q", len(part)) + part)
     return digest.hexdigest()
 
 
