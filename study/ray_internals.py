@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import importlib.metadata
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -152,3 +153,68 @@ def trial_storage(trial: Any) -> TrialStorage:
     with the Tuner) cannot know by itself.
     """
     return _storage(trial.storage)
+
+
+# ---- trial checkpoints: retention and repair ------------------------------------------------
+# Tune's `CheckpointConfig(num_to_keep=N)` deletes a trial's older checkpoints as soon as a new
+# one registers, although the experiment snapshot on storage (uploaded asynchronously, every
+# few seconds) may still name one of them: a resume then fails that trial for good ("Could not
+# recover from checkpoint as it does not exist on storage anymore"). The study keeps every
+# checkpoint in Tune (num_to_keep=None) and deletes them itself (study.execute.retention). Tune
+# then remembers every checkpoint of a trial, and pickles the list into each snapshot: its list
+# is cut here, through the trial's private checkpoint manager (`_checkpoint_results`), as no
+# public API forgets a checkpoint. A resume whose snapshot names a checkpoint that is gone
+# anyway points the trial at another one, in the same private object in the snapshot's JSON.
+
+
+def forget_checkpoints(trial: Any, keep: int) -> None:
+    """Keep only the newest `keep` checkpoints in the trial's in-memory list (no file deleted)."""
+    manager = getattr(trial.run_metadata, "checkpoint_manager", None)
+    results = getattr(manager, "_checkpoint_results", None)
+    if manager is None or not isinstance(results, list) or len(results) <= keep:
+        return
+    manager._checkpoint_results = results[-keep:] if keep else []
+    trial.run_metadata.invalidate_cache()
+
+
+def _load_manager(metadata_json: str) -> tuple[dict, Any]:
+    import cloudpickle
+
+    metadata = json.loads(metadata_json)
+    blob = metadata.get("checkpoint_manager")
+    if not isinstance(blob, dict) or not isinstance(blob.get("value"), str):
+        return metadata, None
+    return metadata, cloudpickle.loads(bytes.fromhex(blob["value"]))
+
+
+def latest_checkpoint_path(metadata_json: str) -> str | None:
+    """The path on storage of the checkpoint a trial's snapshot JSON (its run metadata) would
+    restore the trial from, or None when it names none."""
+    _, manager = _load_manager(metadata_json)
+    latest = getattr(manager, "_latest_checkpoint_result", None)
+    return None if latest is None else latest.checkpoint.path
+
+
+def point_at_checkpoint(metadata_json: str, name: str | None, iteration: int) -> str:
+    """The trial's run-metadata JSON, restoring from the folder `name` beside the checkpoint it
+    named (`iteration`: the records that checkpoint holds), or from none when `name` is None."""
+    import cloudpickle
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    metadata, manager = _load_manager(metadata_json)
+    latest = getattr(manager, "_latest_checkpoint_result", None)
+    if latest is None:
+        return metadata_json
+    if name is None:
+        manager._latest_checkpoint_result = None
+        manager._checkpoint_results = []
+    else:
+        parent = latest.checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+        checkpoint = Checkpoint(f"{parent}/{name}", filesystem=latest.checkpoint.filesystem)
+        metrics = dict(latest.metrics, training_iteration=iteration, checkpoint_dir_name=name)
+        result = _TrainingResult(checkpoint=checkpoint, metrics=metrics)
+        manager._latest_checkpoint_result = result
+        manager._checkpoint_results = [result]
+    metadata["checkpoint_manager"]["value"] = cloudpickle.dumps(manager).hex()
+    return json.dumps(metadata, indent=2)

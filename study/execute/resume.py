@@ -28,6 +28,7 @@ from typing import TextIO
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from study.execute.retention import repair_named_checkpoints
 from study.execute.trainable import PHASES_FILE, ROWS_FILE
 from study.ray_internals import driver_staging_folders
 from study.store.checksum import MISMATCH, OK, checksum_state, same_content, write_checked
@@ -62,6 +63,14 @@ def prepare_resume(paths: StudyPaths, out: TextIO) -> list[str]:
     keep_only(paths, chosen)
     prune_driver_staging(paths.name, chosen)
     reconcile_errored(paths)  # Tune's snapshot may miss a trial's ERROR (Ray race)
+    state_path = str(PurePosixPath(paths.experiment, chosen))
+    for trial_id in repair_named_checkpoints(paths, state_path):
+        print(
+            f"trial {trial_id}: the checkpoint its snapshot names is gone; it continues from "
+            "its most advanced complete checkpoint",
+            file=out,
+            flush=True,
+        )
     sources: dict[str, str] = {}
     rewritten, lost = verify_finished(paths, finished_trials(paths), sources)
     for path in rewritten:

@@ -244,6 +244,10 @@ def _run_trial(config: Mapping[str, Any], settings: AdapterSettings) -> None:
         wall_s = meta["wall_s"] + time.time() - attempt_t0
         return dict(
             metrics,
+            # The records so far, whatever checkpoint Tune restored the trial from (it counts
+            # from the one its snapshot named, the trial from the most advanced): ASHA's rungs
+            # then fall on the same records as in an unbroken run.
+            training_iteration=len(rows),
             attempt=meta["attempt"],
             device=device,
             node=fixed["node"],

@@ -89,3 +89,46 @@ def mark_errored(state: dict, errored: set[str]) -> list[str]:
         pair[1] = json.dumps(metadata)
         changed.append(trial["trial_id"])
     return changed
+
+
+# Tune pickles each trial's checkpoint manager (its latest checkpoint and the ones it keeps)
+# into the snapshot as hex cloudpickle: `{"_type": "CLOUDPICKLE_FALLBACK", "value": "<hex>"}`.
+# The folder names are read from the pickle's bytes (a pickled str is its UTF-8 bytes), never
+# by unpickling, which would need Ray and run the pickle's code. Over-matching only keeps more.
+PICKLED = "CLOUDPICKLE_FALLBACK"
+_CHECKPOINT_NAME = re.compile(rb"checkpoint_\d+")
+
+
+def _pickled_blobs(value: Any) -> list[bytes]:
+    if isinstance(value, dict):
+        if value.get("_type") == PICKLED and isinstance(value.get("value"), str):
+            try:
+                return [bytes.fromhex(value["value"])]
+            except ValueError:
+                return []
+        return [blob for item in value.values() for blob in _pickled_blobs(item)]
+    if isinstance(value, list):
+        return [blob for item in value for blob in _pickled_blobs(item)]
+    return []
+
+
+def named_checkpoints(state: Any) -> dict[str, set[str]]:
+    """Trial folder name → the checkpoint folder names an experiment state names for it.
+
+    A restore hands each trial the checkpoint its snapshot names and fails the trial when that
+    folder is gone, so none of these may be deleted (study.execute.retention). Raises
+    ValueError for a state that is not Tune's (no `trial_data` pairs of JSON texts).
+    """
+    if not isinstance(state, dict):
+        raise ValueError("not an experiment state")
+    named: dict[str, set[str]] = {}
+    for pair in state.get("trial_data", []):
+        trial, metadata = json.loads(pair[0]), json.loads(pair[1])
+        folder = trial.get("relative_logdir")
+        if not isinstance(folder, str):
+            continue
+        found = set(_CHECKPOINT_NAME.findall(pair[1].encode()))
+        for blob in _pickled_blobs(metadata) + _pickled_blobs(trial):
+            found.update(_CHECKPOINT_NAME.findall(blob))
+        named[folder] = {name.decode() for name in found}
+    return named
