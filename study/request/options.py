@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from search_spaces import Space
 from study.errors import StudyError, StudyInputError, StudyLockError, StudyStorageError
 from study.request.space import default_num_samples, definition, get_space, source_of
@@ -186,9 +188,12 @@ def read_request(options: StudyOptions) -> Request:
     name = check_name(options.name if options.name is not None else space_name, "--name")
     paths = StudyPaths(resolve_storage(options.storage), name)
     if not options.resume:
-        if not _exists(paths):
+        exists = _existing(paths)
+        if exists is None:
             return Request(spec=new_spec(options, space), paths=paths, resume=False,
                            address=options.address)  # fmt: skip
+        if paths.storage.fs.get_file_info(paths.spec).type == pafs.FileType.NotFound:
+            raise exists  # a folder, but no study in it (yet): refused as before
         # The same command again (README, "Running a study"): allowed only for the same study.
         spec = _saved_spec(paths)
         changed = definition_differences(spec, new_spec(options, space))
@@ -216,16 +221,17 @@ def read_request(options: StudyOptions) -> Request:
                    repeat=not options.resume)  # fmt: skip
 
 
-def _exists(paths: StudyPaths) -> bool:
-    """A study of this name exists (a stale lock alone is none); StudyLockError when a live
-    driver of this host holds it."""
+def _existing(paths: StudyPaths) -> StudyError | None:
+    """None when no study of this name exists (a stale lock alone is none), else the error a
+    new study of that name is refused with; StudyLockError when a live driver of this host
+    holds it."""
     try:
         check_fresh(paths)
     except StudyLockError:
         raise
-    except StudyError:
-        return True
-    return False
+    except StudyError as exc:
+        return exc
+    return None
 
 
 def _saved_spec(paths: StudyPaths) -> StudySpec:

@@ -185,3 +185,17 @@ def test_an_unfinished_study_is_continued_only_with_resume_if_exists(
     assert main([*REPEAT, "--storage", str(storage)]) == 0
     out = capsys.readouterr().out
     assert "resuming study 'smoke'" in out and "4/4 trials finished" in out
+
+
+def test_a_folder_without_a_study_in_it_is_refused_as_before(
+    storage: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder with no study.json (a driver starting, or one that stopped before it wrote
+    it) is no study to compare with: refused as a taken name, not as an unreadable study."""
+    (storage / "smoke").mkdir()
+    (storage / "smoke" / "notes.txt").write_text("mine")
+    before = _tree(storage)
+    assert main([*REPEAT, "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists" in err[0] and "another --name" in err[0], err
+    assert _tree(storage) == before
