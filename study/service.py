@@ -29,7 +29,8 @@ from study.store.layout import ENDED, Status
 from study.store.lock import Lock, acquire, lock_path, release
 from study.store.state import trial_statuses
 
-# The Python API over the request path; names kept here for callers of the library.
+# The internal layer under study.api (the public Python API, README "Python API"): the one path
+# of the CLI and the API; names kept here for callers of the first, internal API.
 __all__ = [
     "DEFAULT_STORAGE",
     "EXIT_BAD_INPUT",
