@@ -153,3 +153,29 @@ def test_a_study_folder_splits_into_storage_and_name(given: str, storage: str, n
     from study.api import split_study_path
 
     assert split_study_path(given) == (storage, name)
+
+
+def test_the_cli_goes_the_apis_path(monkeypatch: pytest.MonkeyPatch, storage: Path) -> None:
+    """`python -m study.run` parses argv into the options `run_study` builds from keywords,
+    and hands them to the same function."""
+    import types
+
+    import study.api
+
+    seen = []
+
+    def execute(options, callbacks=(), out=None):
+        seen.append(options)
+        return types.SimpleNamespace(exit_code=7, paths=None)
+
+    monkeypatch.setattr(study.api, "execute", execute)
+    from study.run import main
+
+    argv = ["--space", "smoke", "--storage", str(storage), "--max-concurrent", "2", "--smoke"]
+    assert main([*argv, "--set", "lr=0.1", "--resume-if-exists"]) == 7
+    with pytest.raises(AttributeError):  # the stub's result is no Outcome: the call reached it
+        study.run_study(
+            "smoke", storage=str(storage), max_concurrent=2, smoke=True, set={"lr": 0.1},
+            resume_if_exists=True,
+        )  # fmt: skip
+    assert len(seen) == 2 and seen[0] == seen[1]
