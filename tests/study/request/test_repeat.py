@@ -199,3 +199,19 @@ def test_a_folder_without_a_study_in_it_is_refused_as_before(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already exists" in err[0] and "another --name" in err[0], err
     assert _tree(storage) == before
+
+
+def test_a_python_space_is_stored_whole_and_compared_by_definition(storage: Path) -> None:
+    from study.request.options import read_request
+
+    space = dataclasses.replace(search_spaces.get("smoke"), name="mine", grid={"lr": [0.1, 0.2]})
+    request = read_request(StudyOptions(space=space, storage=str(storage)))
+    spec = request.spec
+    assert request.paths.name == "mine" and not request.resume
+    assert spec.source == "python" and spec.space_definition == definition(space)
+    moved = dataclasses.replace(space, grid={"lr": [0.1, 0.3]})
+    changed = definition_differences(spec, new_spec(StudyOptions(space=moved)))
+    assert changed == ["space grid.lr: [0.1, 0.2] -> [0.1, 0.3]"]
+    with pytest.raises(StudyInputError, match=r"differs .* \(in grid\.lr\)"):
+        check_same(spec, {"space": moved}, "mine")
+    check_same(spec, {"space": space}, "mine")
