@@ -1,7 +1,8 @@
 """`python -m study.run`: run, resume or list hyperparameter studies (README, "Running a study").
 
 Exit codes: 0 every trial finished (diverged included), 1 some trial errored,
-2 bad input (one line on stderr, nothing written), 130 interrupted.
+2 bad input (one line on stderr, nothing written) or a storage fault (one line), 130
+interrupted (Ctrl+C), 143 terminated (SIGTERM, handled as Ctrl+C).
 """
 
 from __future__ import annotations
@@ -9,15 +10,15 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 
 from study.errors import StudyError
+from study.execute.sigterm import EXIT_TERMINATED, stop_on_sigterm, terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
 
-    with _exit_on_sigterm():
+    with _stop_on_sigterm():
         return _main(argv)
 
 
@@ -34,27 +35,35 @@ def _main(argv: Sequence[str] | None) -> int:
             return 0
         from study.api import execute
 
-        return execute(options).exit_code
+        outcome = execute(options)
+        if terminated() and outcome.exit_code == EXIT_INTERRUPTED:
+            from study.service import resume_command
+
+            resume = resume_command(outcome.paths)
+            print(f"interrupted by SIGTERM; resume with: {resume}", file=sys.stderr)
+            return EXIT_TERMINATED
+        return outcome.exit_code
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # outside Tune's own graceful stop (e.g. while Ray starts)
+        if terminated():
+            print("interrupted by SIGTERM", file=sys.stderr)
+            return EXIT_TERMINATED
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
 @contextlib.contextmanager
-def _exit_on_sigterm() -> Iterator[None]:
-    """SIGTERM raises SystemExit, so `finally` blocks run (the study lock is released) also
-    before `ray.init`, which installs the same kind of handler itself; restored afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM is Ctrl+C (study.execute.sigterm) from the start, before `ray.init` too (which
+    replaces the handler, and `connect` installs it again); the caller's handler is restored."""
+    previous = stop_on_sigterm()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import time
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, TextIO
 
-from study.errors import StudyError, StudyInputError
+from study.errors import StudyError, StudyInputError, StudyStorageError
 from study.execute.cluster import check_ray_version, check_reachable
 from study.plan import Prepared, plan_request
 from study.request.options import (
@@ -24,6 +23,7 @@ from study.request.options import (
     read_request,
 )
 from study.request.spec import StudySpec
+from study.store.faults import fault_message, storage_fault, vanished_message
 from study.store.fs import StudyPaths, write_json_atomic
 from study.store.layout import ENDED, Status
 from study.store.lock import Lock, acquire, lock_path, release
@@ -91,6 +91,7 @@ def run_study(
     if options.address:
         check_reachable(options.address)
     from study.execute.cluster import check_resources, check_shared_storage, connect
+    from study.execute.storage_guard import StorageGuard
 
     # The study lock comes first: before Ray starts and before anything else of the study is
     # written, so two drivers of one study never both run (issue 13, items 1 and 2).
@@ -105,7 +106,13 @@ def run_study(
             spec, paths = prepared.spec, prepared.paths
             check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
             check_shared_storage(paths.storage)
-            return _fit(prepared, options, callbacks, out)
+            try:
+                return _fit(prepared, options, [StorageGuard(), *callbacks], out)
+            except Exception as exc:
+                error = _storage_error(exc, paths)
+                if error is None:
+                    raise
+                raise error from None
         finally:
             connection.close()
     finally:
@@ -158,17 +165,7 @@ def _fit(
         write_json_atomic(paths.storage.fs, paths.spec, spec.to_json())
         tuner = build_tuner(spec, plan, paths, callbacks, out=out, estimate_s=_estimate(prepared))
     with no_tensorboard():
-        try:
-            tuner.fit()
-        except Exception as exc:
-            failure = _storage_failure(exc)
-            if failure is None:
-                raise
-            raise StudyError(
-                f"cannot write {failure.filename or paths.display(paths.experiment)}: "
-                f"{failure.strerror}; free space (or fix the storage), then resume with: "
-                f"{resume_command(paths)}"
-            ) from None
+        tuner.fit()
     total = plan.total_trials
     if spec.searcher == "adaptive":  # its searcher may end the study before num_samples
         from study.execute.adaptive_searcher import stopped_at
@@ -180,19 +177,27 @@ def _fit(
     return outcome
 
 
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO}
+def _storage_error(exc: BaseException, paths: StudyPaths) -> StudyStorageError | None:
+    """The one-line error for a storage fault behind `exc` (disk full, read-only, denied, I/O,
+    the study folder gone), or None when `exc` is not one. Tune raises a driver callback's
+    error as it is or wrapped, and a trial's inside Ray's, so the chain is searched."""
+    if isinstance(exc, StudyError):
+        return None
+    from pyarrow.fs import FileType
 
-
-def _storage_failure(exc: BaseException) -> OSError | None:
-    """The storage error (disk full, quota, read-only, I/O) behind `exc`, if that is its cause:
-    Tune raises a driver callback's error as it is or wrapped, so the chain is searched."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
+    try:
+        lock = paths.storage.fs.get_file_info(lock_path(paths.experiment))
+        missing = lock.type == FileType.NotFound
+    except OSError:
+        missing = False
+    fault = storage_fault(exc, missing=missing)
+    if fault is None:
+        return None
+    if missing:
+        shown = paths.display(fault.filename or lock_path(paths.experiment))
+        return StudyStorageError(vanished_message(paths.display(paths.experiment), shown))
+    resume = resume_command(paths)
+    return StudyStorageError(fault_message(fault, paths.display(paths.experiment), resume))
 
 
 def _estimate(prepared: Prepared) -> float | None:

@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import socket
 import threading
 import uuid
@@ -15,7 +16,9 @@ from typing import Any
 
 from study import ray_internals
 from study.errors import StudyError
+from study.execute.sigterm import Terminated, mark_terminated, stop_on_sigterm
 from study.ray_internals import EMBEDDED_INIT, stop_autoscaler_monitor
+from study.store.faults import storage_fault
 from study.store.fs import Storage
 
 CONNECT_TIMEOUT_S = 3.0
@@ -30,6 +33,9 @@ QUIET_ENV = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
 }
+# Without --verbose: a trial whose result Tune never fetched (its loop ended at a storage fault
+# or an interrupt) would print its traceback as Ray frees it; Tune reports trial errors itself.
+DRIVER_QUIET_ENV = {"RAY_IGNORE_UNHANDLED_ERRORS": "1"}
 # The embedded Ray binds to 127.0.0.1 only when this is 0; must be set before `import ray`.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
@@ -129,17 +135,51 @@ def connect(address: str | None, verbose: bool = False) -> Connection:
         # ERROR still shows trial failures; --verbose shows Ray's warnings and info too.
         "logging_level": logging.INFO if verbose else logging.ERROR,
     }
-    if address:
-        ray.init(address=address, runtime_env=runtime_env(), **common)
-    else:
-        preload = _import_in_background("study.execute.tuner")
-        try:
-            # address="local": never attach to a cluster a stale `ray_current_cluster` file
-            # names (one left by a dead cluster would make a plain ray.init() try to).
-            ray.init(address="local", include_dashboard=False, **EMBEDDED_INIT, **common)
-        finally:
-            preload.join()
+    if not verbose:
+        for key, value in DRIVER_QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+    try:
+        if address:
+            ray.init(address=address, runtime_env=runtime_env(), **common)
+        else:
+            preload = _import_in_background("study.execute.tuner")
+            try:
+                # address="local": never attach to a cluster a stale `ray_current_cluster` file
+                # names (one left by a dead cluster would make a plain ray.init() try to).
+                ray.init(address="local", include_dashboard=False, **EMBEDDED_INIT, **common)
+            finally:
+                preload.join()
+    except SystemExit as exc:  # Ray's own SIGTERM handler, during ray.init
+        # (the driver's exits 15; an embedded head's, once Ray's processes are killed, 1)
+        if (
+            exc.code not in (signal.SIGTERM, 1)
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            raise
+        mark_terminated()
+        raise Terminated from None
+    # ray.init replaced the SIGTERM handler (the driver's sys.exit, the embedded head's
+    # kill-everything-then-exit): SIGTERM must stop the study as Ctrl+C does.
+    stop_on_sigterm()
+    if not verbose:
+        _hide_logged_storage_faults()
     return Connection(address=address, owned=True)
+
+
+class _StorageFaultRecords(logging.Filter):
+    """Drops Ray's and Tune's log records whose traceback is a storage fault: the service
+    reports the fault as one line (a trial's own fault, which Tune logs before it retries the
+    trial, is raised in the driver by study.execute.storage_guard)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return storage_fault(exc) is None
+
+
+def _hide_logged_storage_faults() -> None:
+    for handler in logging.getLogger("ray").handlers:
+        if not any(isinstance(f, _StorageFaultRecords) for f in handler.filters):
+            handler.addFilter(_StorageFaultRecords())
 
 
 def _import_in_background(module: str) -> threading.Thread:

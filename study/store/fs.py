@@ -218,21 +218,32 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     Local: a dotfile `*.tmp` beside it, then a rename. Object stores: one PUT is atomic.
     """
     parent = str(PurePosixPath(path).parent)
-    fs.create_dir(parent, recursive=True)
-    if fs.type_name != "local":
-        with fs.open_output_stream(path) as out:
-            out.write(data)
-        return
     tmp = str(PurePosixPath(parent, f".{PurePosixPath(path).name}.{uuid.uuid4().hex[:8]}.tmp"))
     try:
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        fs.create_dir(parent, recursive=True)
+        if fs.type_name != "local":
+            with fs.open_output_stream(path) as out:
+                out.write(data)
+            return
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):  # the write's own error is the one to raise
+                os.unlink(tmp)
+    except OSError as exc:
+        raise _naming(exc, path, tmp) from exc
+
+
+def _naming(exc: OSError, path: str, tmp: str) -> OSError:
+    """`exc` naming the file the caller wrote: a failed flush or close names no file, and
+    the temporary file's name means nothing to a user (the one line of a storage fault)."""
+    if exc.errno is None or exc.filename not in (None, tmp):
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), path)
 
 
 def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:

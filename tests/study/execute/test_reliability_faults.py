@@ -8,9 +8,12 @@ can be checked. Each is killed with SIGKILL at a chosen point and resumed with `
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,3 +294,182 @@ def test_checkpoint_staging_folders_of_dead_trials_are_removed(tmp_path: Path) -
         f"ilstudy-ckpt-{os.getpid()}-def456",
         "unrelated",
     ]
+
+
+# ---------------------------------------------------------------- issue 23: storage faults, SIGTERM
+
+LONG = ["--set", "total_steps=120", "--set", "eval_every=10", "--checkpoint-every", "2"]
+LONG_STEPS = list(range(0, 121, 10))
+# Imported by every Python process of a driver (its embedded Ray's workers inherit the
+# environment): once the flag file exists, every write that Python opens below the storage
+# folder fails with the given errno, as on a full, read-only or forbidden disk. Root ignores
+# chmod, and mounting a small disk needs privileges a test machine may not have.
+_SITECUSTOMIZE = """
+import builtins, os
+
+_ROOT, _FLAG = os.environ["ILSTUDY_FAULT_ROOT"], os.environ["ILSTUDY_FAULT_FLAG"]
+_ERRNO, _open = int(os.environ["ILSTUDY_FAULT_ERRNO"]), builtins.open
+
+
+def _faulty_open(file, mode="r", *args, **kwargs):
+    if (
+        isinstance(file, (str, os.PathLike))
+        and any(c in mode for c in "wax+")
+        and os.fspath(file).startswith(_ROOT)
+        and os.path.exists(_FLAG)
+    ):
+        raise OSError(_ERRNO, os.strerror(_ERRNO), os.fspath(file))
+    return _open(file, mode, *args, **kwargs)
+
+
+builtins.open = _faulty_open
+"""
+
+
+def _cli(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python -m study.run ARGV` with its own embedded Ray; stderr apart from stdout."""
+    base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    base.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    base.update(PYTHONUNBUFFERED="1", **(env or {}))
+    with open(log, "ab") as out, open(log.with_suffix(".err"), "wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "study.run", *argv], cwd=REPO, env=base,
+            stdout=out, stderr=err, start_new_session=True,
+        )  # fmt: skip
+
+
+def _stderr_lines(log: Path) -> list[str]:
+    return [line for line in log.with_suffix(".err").read_text().splitlines() if line.strip()]
+
+
+def _wait_for(condition: Any, process: subprocess.Popen, log: Path, what: str) -> None:
+    deadline = time.time() + 180
+    while not condition():
+        assert process.poll() is None, (what, log.read_text()[-2000:], _stderr_lines(log))
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _some_metrics(experiment: Path) -> bool:
+    return any((experiment / "results" / "metrics").glob("*.parquet"))
+
+
+@pytest.fixture(scope="module")
+def unbroken(ray_session: Any, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """The long smoke study run once without a fault, in this process: the reference."""
+    storage = tmp_path_factory.mktemp("unbroken")
+    overrides = ["total_steps=120", "eval_every=10"]
+    options = StudyOptions(
+        space="smoke", storage=str(storage), overrides=overrides, checkpoint_every=2
+    )
+    assert run_study(options, out=io.StringIO()).exit_code == 0
+    metrics = pd.read_parquet(storage / "smoke" / "results" / "metrics")
+    assert len(metrics) == 4 * len(LONG_STEPS)
+    return metrics
+
+
+def _resume_to_the_end(storage: Path, tmp_path: Path, address: str) -> pd.DataFrame:
+    log = tmp_path / "final.log"
+    final = _cli(["--resume", "--name", "smoke", "--storage", str(storage), "--address",
+                  address], log)  # fmt: skip
+    final.wait(timeout=240)
+    assert final.returncode == 0, (log.read_text()[-3000:], _stderr_lines(log))
+    metrics = pd.read_parquet(storage / "smoke" / "results" / "metrics")
+    assert not metrics.duplicated(["trial_id", "step"]).any()
+    return metrics
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize(
+    ("code", "cause"),
+    [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only"),
+     (errno.EACCES, "permission denied")],
+)  # fmt: skip
+def test_a_storage_fault_mid_study_is_one_line_and_the_resume_loses_nothing(
+    ray_session: Any, unbroken: pd.DataFrame, storage: Path, tmp_path: Path, code: int, cause: str
+) -> None:
+    """Before, a full disk printed 40 lines of Ray's and Tune's tracebacks and a read-only
+    folder 91. Now: exit 2, one line naming the path and the cause; the lock is gone; once
+    the storage is writable again a resume ends with every row of an unbroken run."""
+    site, flag = tmp_path / "site", tmp_path / "storage-broken"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    env = {"PYTHONPATH": f"{site}{os.pathsep}{REPO}", "ILSTUDY_FAULT_ROOT": str(storage),
+           "ILSTUDY_FAULT_FLAG": str(flag), "ILSTUDY_FAULT_ERRNO": str(code)}  # fmt: skip
+    log, experiment = tmp_path / "driver.log", storage / "smoke"
+    driver = _cli(["--space", "smoke", "--storage", str(storage), *LONG], log, env)
+    try:
+        _wait_for(lambda: _some_metrics(experiment), driver, log, "a first metrics file")
+        flag.touch()  # the storage breaks mid-study
+        driver.wait(timeout=180)
+    finally:
+        _kill_group(driver)
+    lines = _stderr_lines(log)
+    assert driver.returncode == 2, (lines, log.read_text()[-2000:])
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: cannot write {experiment}/"), lines
+    assert os.strerror(code) in lines[0] and cause in lines[0], lines
+    assert "--resume --name smoke" in lines[0]
+    assert not (experiment / "study.store.lock").exists() and not list(experiment.glob("*.lock"))
+
+    flag.unlink()  # the storage is fixed
+    address = ray_session.get_runtime_context().gcs_address
+    metrics = _resume_to_the_end(storage, tmp_path, address)
+    pd.testing.assert_frame_equal(_values(metrics), _values(unbroken))
+
+
+@pytest.mark.timeout(600)
+def test_a_study_folder_that_vanishes_mid_study_is_one_line(
+    ray_session: Any, storage: Path, tmp_path: Path
+) -> None:
+    log, experiment = tmp_path / "driver.log", storage / "smoke"
+    driver = _cli(["--space", "smoke", "--storage", str(storage), *LONG], log)
+    try:
+        _wait_for(lambda: _some_metrics(experiment), driver, log, "a first metrics file")
+        shutil.rmtree(experiment)
+        driver.wait(timeout=180)
+    finally:
+        _kill_group(driver)
+    lines = _stderr_lines(log)
+    assert driver.returncode == 2 and len(lines) == 1, (lines, log.read_text()[-2000:])
+    assert "vanished" in lines[0] and str(experiment) in lines[0], lines
+
+
+@pytest.mark.timeout(1500)
+def test_sigterm_is_ctrl_c_at_random_moments_and_the_resumes_lose_nothing(
+    ray_session: Any, unbroken: pd.DataFrame, storage: Path, tmp_path: Path
+) -> None:
+    """What schedulers and `kill` send. Before, the driver ended with exit 15 or 134 (a native
+    dump). Now every SIGTERM: exit 143, one line on stderr, the lock removed; the first lands
+    once Tune saved its state, the later ones at random moments of a resume, Ray's start
+    included; a last resume ends with every row of an unbroken run."""
+    rng = random.Random(23)
+    experiment = storage / "smoke"
+    address = ray_session.get_runtime_context().gcs_address
+    for run in range(5):
+        log = tmp_path / f"run{run}.log"
+        if run == 0:
+            argv = ["--space", "smoke", "--storage", str(storage), *LONG]
+        else:  # every other resume attaches to the shared Ray: ray.init's handlers differ
+            attach = ["--address", address] if run % 2 else []
+            argv = ["--resume", "--name", "smoke", "--storage", str(storage), *attach]
+        driver = _cli(argv, log)
+        try:
+            if run == 0:
+                _wait_for(lambda: _valid_state(experiment) is not None, driver, log, "a snapshot")
+            time.sleep(rng.uniform(0.0, 8.0))
+            if driver.poll() is not None:  # the study ended first: nothing left to interrupt
+                assert driver.returncode == 0, _stderr_lines(log)
+                break
+            os.kill(driver.pid, signal.SIGTERM)
+            driver.wait(timeout=120)
+        finally:
+            _kill_group(driver)
+        lines = _stderr_lines(log)
+        if driver.returncode == 0:  # finished before the signal was handled
+            break
+        assert driver.returncode == 143, (run, lines, log.read_text()[-2000:])
+        assert len(lines) == 1 and lines[0].startswith("interrupted by SIGTERM"), lines
+        assert not [p for p in experiment.iterdir() if p.name.endswith("lock")], run
+    metrics = _resume_to_the_end(storage, tmp_path, address)
+    pd.testing.assert_frame_equal(_values(metrics), _values(unbroken))
