@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 
 from study.errors import StudyError, StudyLockError
 
-LOCK_FILE = "study.store.lock"
+LOCK_FILE = "study.lock"  # the name the README documents; operators look for it by name
 
 
 class LockHeld(StudyLockError):

@@ -117,3 +117,17 @@ def test_the_node_probe_runs_on_each_node(ray_session: Any, tmp_path: Path) -> N
     (tmp_path / "probe").touch()
     assert cluster._nodes_not_seeing(str(tmp_path / "probe"), nodes) == []
     assert len(cluster._nodes_not_seeing(str(tmp_path / "absent"), nodes)) == len(nodes)
+
+
+def test_the_lock_is_the_study_lock_file_the_readme_names(tmp_path: Path) -> None:
+    """The layout move renamed the lock to study.store.lock by a sweep of module names; tools and
+    people that look for `<storage>/<name>/study.lock` (README, "Locking") missed a held lock."""
+    from study.store.lock import acquire, release
+
+    experiment = tmp_path / "s"
+    held = acquire(pafs.LocalFileSystem(), str(experiment), create_dir=True)
+    try:
+        assert [p.name for p in experiment.iterdir()] == ["study.lock"]
+    finally:
+        release(held)
+    assert not (experiment / "study.lock").exists()
