@@ -410,7 +410,7 @@ def test_a_storage_fault_mid_study_is_one_line_and_the_resume_loses_nothing(
     assert lines[0].startswith(f"error: cannot write {experiment}/"), lines
     assert os.strerror(code) in lines[0] and cause in lines[0], lines
     assert "--resume --name smoke" in lines[0]
-    assert not (experiment / "study.store.lock").exists() and not list(experiment.glob("*.lock"))
+    assert not (experiment / "study.lock").exists() and not list(experiment.glob("*.lock"))
 
     flag.unlink()  # the storage is fixed
     address = ray_session.get_runtime_context().gcs_address
