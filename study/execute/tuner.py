@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from study.execute.asha import bind_state, make_scheduler
+from study.execute.asha import bind_state, make_scheduler, searcher_limit
 from study.execute.progress import ProgressLine
 from study.execute.search import param_space, search_alg
 from study.execute.tracker_callbacks import tracker_callbacks
@@ -69,7 +69,10 @@ def build_tuner(
         spec.reduction_factor,
         paths.name,
         (paths.storage.fs, f"{paths.experiment}/{STATE_FILE}"),
+        plan=plan,
+        max_concurrent=spec.max_concurrent,
     )
+    limit = searcher_limit(scheduler, plan, spec.max_concurrent)  # 0 where the scheduler holds it
     run_config = tune.RunConfig(
         name=paths.name,
         storage_path=paths.storage.uri,
@@ -97,10 +100,10 @@ def build_tuner(
     tune_config = tune.TuneConfig(
         metric=plan.metric,
         mode=plan.mode,
-        search_alg=search_alg(plan, spec.max_concurrent),
+        search_alg=search_alg(plan, limit),
         scheduler=scheduler,
         num_samples=plan.tune_num_samples,
-        max_concurrent_trials=spec.max_concurrent or None,
+        max_concurrent_trials=limit or None,
         reuse_actors=True,  # a new actor pays a fresh process and the torch import
     )
     return tune.Tuner(

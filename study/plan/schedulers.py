@@ -1,4 +1,4 @@
-"""Early stopping that stays fair across K: Ray Tune's ASHA, one race per (K, seed).
+"""Early stopping that stays fair across K: successive halving, one race per (K, seed).
 
 ASHA stops a trial whose metric at a rung is below the best 1/η of the trials recorded there.
 Run across a whole study it would compare a K=∞ trial, which learns slowly by nature, with
@@ -8,6 +8,12 @@ report tunes (the learning rate), so only the learning rates of one K and one se
 other. Trials it stops are stored with status STOPPED and all their rows; the report treats
 them as the losers of the tuning procedure and never draws them as points of a curve.
 
+Each race is synchronous (`study.execute.halving`): every learning rate of the cell reaches a
+rung before any of them is judged there, and then the best ⌈n/η⌉ of the n go on. Tune's
+asynchronous ASHA judges a trial against those that reached the rung before it, so what it
+stopped depended on the order the grid listed the learning rates in and on how many trials ran
+at once; this does not. Ties go to the smaller learning rate; a NaN metric ranks last.
+
 Tune keeps no scheduler state across a resume (it restores the scheduler it pickled when the
 study began), so this scheduler writes its races to `<study>/scheduler.pkl` whenever a rung
 records a result, and a resumed study continues them: it stops what an unbroken one would.
@@ -15,8 +21,10 @@ records a result, and a resumed study continues them: it stops what an unbroken 
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from study.errors import StudyError
@@ -63,3 +71,45 @@ def records_per_trial(config: Mapping[str, Any]) -> int:
 def default_grace_period(max_t: int, reduction_factor: float) -> int:
     """The first rung: far enough in that no trial is judged on its step-0 record."""
     return max(2, math.ceil(max_t / reduction_factor**2))
+
+
+def _comparable(value: Any) -> str:
+    """One spelling per value, whichever way Tune's config holds it ("inf" or inf, 1 or 1.0)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int | float):
+        return repr(float(value))
+    if isinstance(value, str):
+        try:
+            return repr(float(value))
+        except ValueError:
+            return repr(value)
+    return repr(value)
+
+
+def cell_key(config: Mapping[str, Any], tuned_keys: Sequence[str] = TUNED_KEYS) -> tuple:
+    """The race a trial runs in: its config without the tuned keys."""
+    return tuple(sorted((k, _comparable(v)) for k, v in config.items() if k not in tuned_keys))
+
+
+def cell_sizes(
+    configs: Iterable[Mapping[str, Any]], tuned_keys: Sequence[str] = TUNED_KEYS
+) -> dict[tuple, int]:
+    """How many trials each race has, from every trial config a study will run."""
+    return dict(Counter(cell_key(c, tuned_keys) for c in configs))
+
+
+def planned_configs(plan: Any) -> list[dict[str, Any]] | None:
+    """Every trial config of a grid study as Tune will build it (its fixed keys, the grid's
+    product, then the reference points); None for a searcher whose trials are not known."""
+    if plan.searcher != "grid":
+        return None
+    sweep = plan.sweep()
+    fixed = {k: spec[1] for k, spec in sweep.items() if spec[0] == "fixed"}
+    grid = {k: list(spec[1]) for k, spec in sweep.items() if spec[0] == "grid"}
+    configs = [
+        {**fixed, **dict(zip(grid, combo, strict=True))}
+        for combo in itertools.product(*grid.values())
+    ]
+    configs += [{**fixed, **point} for point in plan.space.reference_points()]
+    return configs
