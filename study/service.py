@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from collections import Counter
@@ -268,10 +269,11 @@ def _print_summary(outcome: Outcome, spec: StudySpec, out: TextIO) -> None:
         + (f") in {mins}:{secs:02d}" if outcome.wall_s else ")"),  # none: a report of a done study
         file=out,
     )
-    print(f"metrics: {paths.display(paths.metrics)}/  (one row per trial and step)", file=out)
+    print(f"metrics: {paths.display(paths.metrics + '/')}  (one row per trial and step)", file=out)
     print(f"trials:  {paths.display(paths.trials)}", file=out)
     print(
-        f"phases:  {paths.display(paths.phases)}/  (one row per trial and feature update)", file=out
+        f"phases:  {paths.display(paths.phases + '/')}  (one row per trial and feature update)",
+        file=out,
     )
     for path in outcome.lost:
         print(f"lost:    {path} (missing or unreadable, and its checkpoint is gone)", file=out)
@@ -290,8 +292,8 @@ def resume_command(paths: StudyPaths) -> str:
 
 def _short(path: str) -> str:
     """A path relative to the working directory when it lies below it."""
-    if "://" in path:
-        return path
+    if "://" in path:  # quoted: an S3 endpoint's query has '&', which a shell would split at
+        return shlex.quote(path)
     try:
         rel = PurePosixPath(path).relative_to(os.getcwd())
     except ValueError:

@@ -75,7 +75,10 @@ def build_tuner(
     limit = searcher_limit(scheduler, plan, spec.max_concurrent)  # 0 where the scheduler holds it
     run_config = tune.RunConfig(
         name=paths.name,
-        storage_path=paths.storage.uri,
+        # The filesystem study.store.fs built from --storage, query options included; its
+        # path is then the root on it. Trials get it pickled, and a resume passes it again.
+        storage_path=paths.storage.root,
+        storage_filesystem=paths.storage.fs,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         # Tune forces an experiment snapshot every num_to_keep checkpoints of a trial, so the
         # snapshot never points at a deleted checkpoint.
@@ -123,7 +126,10 @@ def restore_tuner(spec: StudySpec, paths: StudyPaths, retry_errored: bool) -> tu
     if spec.scheduler != "fifo":
         bind_state(paths.name, (paths.storage.fs, f"{paths.experiment}/{STATE_FILE}"))
     return tune.Tuner.restore(
-        paths.display(paths.experiment),
+        # Tune resolves a bare URI itself, dropping an S3 endpoint's query options (it then
+        # asks AWS): the study's own filesystem and the path on it keep them.
+        paths.experiment,
+        storage_filesystem=paths.storage.fs,
         trainable=trainable(spec, paths.name),
         resume_unfinished=True,
         resume_errored=retry_errored,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -67,6 +68,14 @@ def resolve_storage(storage: str) -> Storage:
             raise StudyError(
                 f"--storage {storage!r}: scheme {scheme!r} is not supported; allowed: a local "
                 f"directory or a URI with {', '.join(s + '://' for s in URI_SCHEMES)}"
+            )
+        if urlsplit(storage).password is not None:
+            # The URI is printed (resume and report commands) and the filesystem built from it
+            # is pickled into Tune's files on the store, credentials included.
+            raise StudyError(
+                f"--storage {scheme}://...: credentials in the URI are refused (they would be "
+                "printed and stored with the study); give them in the environment "
+                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...)"
             )
         try:
             fs, root = _bounded(lambda: pafs.FileSystem.from_uri(storage), storage)
@@ -185,11 +194,13 @@ class StudyPaths:
         return self._join(RESULTS_DIR, "phases")
 
     def display(self, path: str) -> str:
-        """A path as the user should type it: with the URI scheme when not local."""
+        """A path as the user should type it: with the URI scheme and the storage URI's query
+        options when not local (an S3 endpoint's `endpoint_override`, `scheme`: without them
+        the location is another store)."""
         if self.storage.is_local:
             return path
-        scheme = self.storage.uri.split("://", 1)[0]
-        return f"{scheme}://{path}"
+        parts = urlsplit(self.storage.uri)
+        return f"{parts.scheme}://{path}" + (f"?{parts.query}" if parts.query else "")
 
     def exists(self) -> bool:
         return _exists(self.storage.fs, self.experiment)
