@@ -3,19 +3,23 @@
 cell, and for the checks a study passes before it gets one).
 
 A trial that reaches a rung before the rest of its cell is paused (Tune saves it and frees
-its slot) until the rung is complete. The scheduler also holds `--max-concurrent` itself,
-counting running trials only: Tune's own limit counts paused trials as live, so a cell's
-first trial, paused at its first rung, would keep the cell's other trials from ever starting.
+its slot) until the rung is complete. `--max-concurrent` then counts the trials that hold a
+slot: Tune's own limit counts paused trials as live, so a cell's first trial, paused at its
+first rung, would keep the cell's other trials from ever starting. Tune starts every trial
+its generator hands out, so the grid's generator (`SlotVariants`) keeps the limit, and the
+scheduler resumes a paused winner only while a slot is free.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow.fs as pafs
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator
 
 from study.errors import StudyError
 from study.execute.halving import PAUSE, STOP, CellRace, rungs
@@ -35,13 +39,15 @@ _DECISION = {PAUSE: TrialScheduler.PAUSE, STOP: TrialScheduler.STOP}
 # study name → (filesystem, path of its scheduler.pkl), set by the driver that runs the study:
 # Tune restores the scheduler it pickled at the start, whose location may have moved since.
 LOCATIONS: dict[str, tuple[pafs.FileSystem, str]] = {}
+# study name → its scheduler in this driver, which tells SlotVariants which trials wait
+ACTIVE: dict[str, CellASHA] = {}
 
 
 class CellASHA(FIFOScheduler):
     """One synchronous halving race per cell (config without the tuned keys), kept on disk.
 
     `cell_sizes` (cell_key → trials) lets a rung wait for trials its cell has not started
-    yet; `max_concurrent` (0: no limit) is the number of trials running at once."""
+    yet; `max_concurrent` (0: no limit) caps the running trials when a paused one resumes."""
 
     def __init__(
         self,
@@ -113,6 +119,7 @@ class CellASHA(FIFOScheduler):
     # -- Tune's scheduler interface ---------------------------------------------------------
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        ACTIVE[self.study] = self  # Tune calls this at the start and at a restore
         if metric:
             self._metric = metric
         if mode:
@@ -188,6 +195,12 @@ class CellASHA(FIFOScheduler):
                     t.last_result["done"] = True
                 tune_controller.stop_trial(t)
 
+    def waits(self, trial_id: str) -> bool:
+        """Whether the trial is paused at a rung its cell has not finished: it holds no slot."""
+        cell = self._cell_of.get(trial_id)
+        race = self._races.get(cell) if cell is not None else None
+        return race is not None and race.waiting_at(trial_id) is not None
+
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
         """A paused trial whose rung is judged, else a pending one; none while
         `max_concurrent` trials run. When nothing can run but trials wait at rungs (a cell
@@ -247,6 +260,45 @@ def make_scheduler(
 
 
 _VARIANT_SEARCHERS = ("grid", "random")  # Tune's BasicVariantGenerator, not a Searcher
+
+
+class SlotVariants(BasicVariantGenerator):
+    """Tune's grid and random generator whose concurrency limit counts the trials that hold a
+    slot: one paused at a rung, waiting for the rest of its cell, does not. Tune starts every
+    trial a generator hands out, so the limit has to be kept here, where trials are made."""
+
+    def __init__(self, *args: Any, limit: int = 0, study: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limit, self.study = limit, study
+        self.open: set[str] = set()  # trials handed out and not complete
+
+    def next_trial(self) -> Any:
+        if self.limit > 0:
+            scheduler = ACTIVE.get(self.study)
+            busy = [t for t in self.open if scheduler is None or not scheduler.waits(t)]
+            if len(busy) >= self.limit:
+                return None
+        trial = super().next_trial()
+        if trial is not None:
+            self.open.add(trial.trial_id)
+        return trial
+
+    def on_trial_complete(self, trial_id: str, result: Any = None, error: bool = False) -> None:
+        self.open.discard(trial_id)
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def slot_search_alg(scheduler: Any, plan: Any, max_concurrent: int, study: str) -> Any:
+    """The grid's or random search's generator, limited by slots, where the scheduler pauses
+    trials; None otherwise (the study's usual search algorithm)."""
+    if not isinstance(scheduler, CellASHA) or plan.searcher not in _VARIANT_SEARCHERS:
+        return None
+    if plan.searcher == "random":
+        return SlotVariants(random_state=0, limit=max_concurrent, study=study)
+    points = plan.space.reference_points()
+    if points:  # a reference arm overrides fixed keys on purpose; Tune would warn per trial
+        logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
+    return SlotVariants(points_to_evaluate=points or None, limit=max_concurrent, study=study)
 
 
 def searcher_limit(scheduler: Any, plan: Any, max_concurrent: int) -> int:

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from study.execute.asha import bind_state, make_scheduler, searcher_limit
+from study.execute.asha import bind_state, make_scheduler, searcher_limit, slot_search_alg
 from study.execute.progress import ProgressLine
 from study.execute.search import param_space, search_alg
 from study.execute.tracker_callbacks import tracker_callbacks
@@ -73,6 +73,7 @@ def build_tuner(
         max_concurrent=spec.max_concurrent,
     )
     limit = searcher_limit(scheduler, plan, spec.max_concurrent)  # 0 where the scheduler holds it
+    slots = slot_search_alg(scheduler, plan, spec.max_concurrent, paths.name)
     run_config = tune.RunConfig(
         name=paths.name,
         # The filesystem study.store.fs built from --storage, query options included; its
@@ -103,7 +104,7 @@ def build_tuner(
     tune_config = tune.TuneConfig(
         metric=plan.metric,
         mode=plan.mode,
-        search_alg=search_alg(plan, limit),
+        search_alg=slots if slots is not None else search_alg(plan, limit),
         scheduler=scheduler,
         num_samples=plan.tune_num_samples,
         max_concurrent_trials=limit or None,

@@ -18,7 +18,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 import reports
 from study.errors import StudyError
-from study.execute.asha import CellASHA
+from study.execute.asha import ACTIVE, CellASHA, SlotVariants
 from study.plan.schedulers import cell_sizes, check_scheduler, planned_configs, records_per_trial
 from study.service import EXIT_INTERRUPTED, StudyOptions, prepare, run_study
 
@@ -333,3 +333,24 @@ def test_asha_study_stops_the_losing_lr_in_each_k_keeps_its_rows_and_resumes_its
     assert tuning is not None and not tuning.refused
     assert set(tuning.trials["__lr"]) == {0.3}
     assert not set(tuning.trials["trial_id"]) & set(stopped.index)
+
+
+def test_the_grid_generator_counts_a_trial_waiting_at_a_rung_as_holding_no_slot() -> None:
+    """--max-concurrent 1: Tune starts every trial its generator hands out, and its own limit
+    counts a paused trial as live, so a cell's first trial, waiting at a rung, would keep the
+    rest of its cell from ever starting. SlotVariants hands out the next one."""
+    tune.register_trainable("slot_variants_test", lambda config: None)
+    gen = SlotVariants(limit=1, study="slots")
+    gen.add_configurations(
+        {"e": {"run": "slot_variants_test", "config": {"lr": tune.grid_search([1, 2, 3])}}}
+    )
+    first = gen.next_trial()
+    assert first.config == {"lr": 1} and gen.next_trial() is None  # one slot, taken
+    ACTIVE["slots"] = SimpleNamespace(waits=lambda trial_id: trial_id == first.trial_id)
+    try:
+        second = gen.next_trial()
+        assert second.config == {"lr": 2} and gen.next_trial() is None
+        gen.on_trial_complete(second.trial_id)
+        assert gen.next_trial().config == {"lr": 3}
+    finally:
+        ACTIVE.pop("slots")
