@@ -1,14 +1,17 @@
 """Kill-and-resume loop: counts what survives real driver kills, clock zones and rivals.
 
     python -m tests.reliability_loop --kills 10
+    python -m tests.reliability_loop --kills 5 --checkpoint-every 1 [--scheduler asha]
 
-Runs the smoke space (longer trials, `--checkpoint-every 2`) once uninterrupted as the
-baseline, then the same study as `python -m study.run` drivers (each with its own embedded
-Ray, each under a different `TZ`) that are SIGKILLed at random moments and resumed, until the
-study finishes. At every start a rival `--resume` of the same study is launched too: it must
-be refused (exit 2) while the first driver holds the lock. At the end every (trial, step) row
-is compared with the baseline: rows lost, rows duplicated, values that differ. Prints one
-`count` line per figure. `--smoke` runs 2 kills.
+Runs a study once uninterrupted as the baseline, then the same study as `python -m study.run`
+drivers (each with its own embedded Ray, each under a different `TZ`) that are SIGKILLed at
+random moments and resumed, until the study finishes. The study is the smoke space (longer
+trials, `--checkpoint-every 2` unless told), or with `--scheduler asha` a space file racing
+three learning rates at K = 1 and K = ∞ on val_acc. At every start a rival `--resume` of the
+same study is launched too (unless `--no-rivals`): it must be refused (exit 2) while the first
+driver holds the lock. At the end every (trial, step) row is compared with the baseline: rows
+lost, rows duplicated, values that differ, and each trial's final status. Prints one `count`
+line per figure. `--smoke` runs 2 kills. `--damage` runs the damage cases (below) instead.
 """
 
 from __future__ import annotations
@@ -32,8 +35,27 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 ZONES = ("UTC", "Etc/GMT-14", "Etc/GMT+12", "America/New_York", "Asia/Kolkata", "Etc/GMT+3")
-SETS = ["--set", "total_steps=2000", "--set", "eval_every=100", "--checkpoint-every", "2"]
 VALUES = ["k", "step", "feature_updates", "train_loss", "train_acc", "test_loss", "test_acc"]
+# Ray's own start-up failure on an overloaded machine (its raylet or GCS too slow to come up)
+STARTUP_TIMEOUT = "The current node timed out during startup"
+CONFIG_KEYS = ("k", "lr", "seed")  # what tells the loop's trials apart (trial ids differ)
+ASHA_SPACE = """\
+description = "kill loop under ASHA: three learning rates race at K = 1 and K = inf"
+metric = "val_acc"
+mode = "max"
+searcher = "grid"
+
+[fixed]
+trainer = "linearised"
+optimizer = "sgd"
+total_steps = {total_steps}
+eval_every = {eval_every}
+seed = 0
+
+[grid]
+k = [1, inf]
+lr = [0.02, 0.1, 0.5]
+"""
 
 
 def _driver(argv: list[str], storage: Path, log: Path, zone: str) -> subprocess.Popen:
@@ -72,26 +94,74 @@ def _metrics(experiment: Path) -> pd.DataFrame:
     return pd.read_parquet(experiment / "results" / "metrics")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args(argv)
-    kills_wanted = 2 if args.smoke else args.kills
-    rng = random.Random(args.seed)
-    root = Path(tempfile.mkdtemp(prefix="ilstudy-loop-"))
+def _statuses(experiment: Path) -> dict[tuple, str]:
+    trials = pd.read_parquet(experiment / "results" / "trials.parquet")
+    keys = [k for k in CONFIG_KEYS if k in trials.columns]
+    return {tuple(r[keys]): r["status"] for _, r in trials.iterrows()}
+
+
+def compare(baseline: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, int]:
+    """Rows expected, lost, duplicated and differing (-1: cannot be lined up) by config and step."""
+    keys = [k for k in CONFIG_KEYS if k in baseline.columns] + ["step"]
+    expected = set(map(tuple, baseline[keys].to_numpy()))
+    got = [tuple(r) for r in metrics[keys].to_numpy()]
+    values = keys + [v for v in VALUES if v not in keys]
+    a = baseline[values].sort_values(keys).reset_index(drop=True)
+    b = metrics[values].sort_values(keys).reset_index(drop=True)
+    differ = (
+        int((~((a == b) | (a.isna() & b.isna()))).any(axis=1).sum()) if a.shape == b.shape else -1
+    )
+    return {
+        "expected": len(expected),
+        "lost": len(expected - set(got)),
+        "duplicated": len(got) - len(set(got)),
+        "differing": differ,
+    }
+
+
+def study_args(root: Path, checkpoint_every: int, scheduler: str, total_steps: int,
+               eval_every: int) -> list[str]:  # fmt: skip
+    """The study's options, a space file written under `root` for ASHA."""
+    sets = ["--checkpoint-every", str(checkpoint_every)]
+    if scheduler == "fifo":
+        return ["--space", "smoke", "--set", f"total_steps={total_steps}",
+                "--set", f"eval_every={eval_every}", *sets]  # fmt: skip
+    space = root / "asha_loop.toml"
+    space.write_text(ASHA_SPACE.format(total_steps=total_steps, eval_every=eval_every))
+    return ["--space", str(space), "--scheduler", scheduler, *sets]
+
+
+def kill_loop(
+    kills_wanted: int,
+    seed: int = 0,
+    checkpoint_every: int = 2,
+    scheduler: str = "fifo",
+    total_steps: int = 2000,
+    eval_every: int = 100,
+    rivals_on: bool = True,
+    root: Path | None = None,
+) -> dict[str, object]:
+    """Run the baseline and the killed study; every figure the loop prints, by name."""
+    rng = random.Random(seed)
+    root = root or Path(tempfile.mkdtemp(prefix="ilstudy-loop-"))
     storage, logs = root / "studies", root / "logs"
     logs.mkdir(parents=True)
+    sets = study_args(root, checkpoint_every, scheduler, total_steps, eval_every)
 
-    base = _driver(["--space", "smoke", "--name", "baseline", *SETS], storage, logs / "b", "UTC")
-    assert base.wait(timeout=600) == 0, (logs / "b").read_text()[-2000:]
+    for _ in range(5):  # an overloaded machine can time Ray's start-up out: start again
+        base = _driver([*sets, "--name", "baseline"], storage, logs / "b", "UTC")
+        if base.wait(timeout=900) == 0 or STARTUP_TIMEOUT not in (logs / "b").read_text():
+            break
+        shutil.rmtree(storage / "baseline", ignore_errors=True)
+    assert base.returncode == 0, (logs / "b").read_text()[-2000:]
     baseline = _metrics(storage / "baseline")
 
-    kills = refused = named = rivals = starts = 0
-    first = ["--space", "smoke", "--name", "loop", *SETS]
+    from study.store.lock import LOCK_FILE
+
+    kills = refused = named = rivals = starts = startup_failures = 0
+    first = [*sets, "--name", "loop"]
     resume = ["--resume", "--name", "loop"]
-    lock = storage / "loop" / "study.store.lock"
+    lock = storage / "loop" / LOCK_FILE
     code = None
     while code is None:
         zone = rng.choice(ZONES)
@@ -103,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         while _holder_pid(lock) != driver.pid and driver.poll() is None:
             assert time.time() < deadline, log.read_text()[-2000:]
             time.sleep(0.02)
-        if driver.poll() is None:  # a rival while the lock is held: must be refused
+        if rivals_on and driver.poll() is None:  # a rival while the lock is held: refused
             rival_log = logs / f"r{starts}"
             rival = _driver(resume, storage, rival_log, rng.choice(ZONES))
             rivals += 1
@@ -123,28 +193,63 @@ def main(argv: list[str] | None = None) -> int:
                 _kill(driver)
                 kills += 1
                 continue
-        code = driver.wait(timeout=600)
+        code = driver.wait(timeout=900)
+        if code != 0 and STARTUP_TIMEOUT in log.read_text() and startup_failures < 5:
+            startup_failures += 1  # an overloaded machine, not the study: start it again
+            code = None
+            continue
         if code != 0:
-            print((log).read_text()[-3000:], file=sys.stderr)
+            print(log.read_text()[-3000:], file=sys.stderr)
     metrics = _metrics(storage / "loop")
-    expected = set(map(tuple, baseline[["k", "step"]].to_numpy()))
-    got = [tuple(r) for r in metrics[["k", "step"]].to_numpy()]
-    lost = len(expected - set(got))
-    duplicated = len(got) - len(set(got))
-    a = baseline[VALUES].sort_values(["k", "step"]).reset_index(drop=True)
-    b = metrics[VALUES].sort_values(["k", "step"]).reset_index(drop=True)
-    differing = int((a != b).any(axis=1).sum()) if a.shape == b.shape else -1
-    restored = int((metrics["attempt"] > 0).sum())
-    print(f"count driver SIGKILLs survived: {kills} (driver starts {starts}, final exit {code})")
+    theirs, ours = _statuses(storage / "baseline"), _statuses(storage / "loop")
+    return {
+        **compare(baseline, metrics),
+        "kills": kills,
+        "starts": starts,
+        "startup_failures": startup_failures,
+        "exit": code,
+        "rivals": rivals,
+        "refused": refused,
+        "named": named,
+        "restored": int((metrics["attempt"] > 0).sum()),
+        "statuses_differing": sum(theirs.get(k) != v for k, v in ours.items())
+        + len(set(theirs) - set(ours)),
+        "statuses": dict(sorted(pd.Series(list(ours.values())).value_counts().items())),
+        "checkpoints": len(list((storage / "loop").glob("*/checkpoint_*"))),
+        "storage": str(root),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--checkpoint-every", type=int, default=2)
+    parser.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo")
+    parser.add_argument("--total-steps", type=int, default=2000)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--no-rivals", action="store_true")
+    args = parser.parse_args(argv)
+    r = kill_loop(
+        2 if args.smoke else args.kills, args.seed, args.checkpoint_every, args.scheduler,
+        args.total_steps, args.eval_every, rivals_on=not args.no_rivals,
+    )  # fmt: skip
+    print(f"count driver SIGKILLs survived: {r['kills']} (driver starts {r['starts']}, "
+          f"{r['startup_failures']} of them Ray start-up timeouts, final exit {r['exit']})")  # fmt: skip
     print(
-        f"count rival --resume drivers refused while the lock was held: {refused}/{rivals} "
-        f"({named} naming the holder)"
+        f"count rival --resume drivers refused while the lock was held: {r['refused']}/"
+        f"{r['rivals']} ({r['named']} naming the holder)"
     )
-    print(f"count rows expected {len(expected)}, lost {lost}, duplicated {duplicated}")
-    print(f"count rows whose values differ from the uninterrupted baseline: {differing}")
-    print(f"count rows written by a restored attempt (attempt > 0): {restored}")
-    print(f"storage: {root}")
-    return 0 if code == 0 and lost == duplicated == differing == 0 else 1
+    print(f"count rows expected {r['expected']}, lost {r['lost']}, duplicated {r['duplicated']}")
+    print(f"count rows whose values differ from the uninterrupted baseline: {r['differing']}")
+    print(f"count trials whose final status differs from the baseline: "
+          f"{r['statuses_differing']} (statuses {r['statuses']})")  # fmt: skip
+    print(f"count rows written by a restored attempt (attempt > 0): {r['restored']}")
+    print(f"count checkpoint folders left: {r['checkpoints']}")
+    print(f"storage: {r['storage']}")
+    ok = r["exit"] == 0 and r["lost"] == r["duplicated"] == r["differing"] == 0
+    return 0 if ok and r["statuses_differing"] == 0 else 1
 
 
 # ==== --damage: every damage case on one finished study (issue 23, items 3 and 8) ==========

@@ -8,7 +8,7 @@ checkpoint (study.execute.tuner) and this callback deletes, after each checkpoin
 and at the end, the trial's checkpoints that no snapshot can name:
 
 - every checkpoint an experiment snapshot on storage names is kept;
-- so is every checkpoint at least as new as the one the live snapshot (the newest on storage)
+- so is every checkpoint at least as new as the one the live snapshot (this session's)
   names: a snapshot being uploaded names the trial's latest checkpoint at the time it was
   saved, which is never older than that one. At the end Tune's final snapshot is on storage and
   names each trial's latest checkpoint, so this keeps no more; but after an error Tune ends
@@ -38,7 +38,12 @@ from study.ray_internals import (
     trial_storage,
 )
 from study.store.fs import StudyPaths, read_parquet, write_bytes_atomic
-from study.store.tune_files import CHECKPOINT_PREFIX, STATE_PATTERN, named_checkpoints
+from study.store.tune_files import (
+    CHECKPOINT_PREFIX,
+    STATE_PATTERN,
+    named_checkpoints,
+    snapshot_start_time,
+)
 
 KEEP = 2  # the newest complete checkpoints kept per trial
 COMPLETE = ("state.pt", "rows.parquet")  # study.execute.trainable writes both in each one
@@ -98,7 +103,8 @@ class CheckpointRetention(tune.Callback):
     """Deletes the checkpoints no snapshot can name (see the module's docstring)."""
 
     def __init__(self) -> None:
-        self._snapshots: dict[str, tuple[tuple[float, int], dict[str, set[str]]]] = {}
+        # path → ((mtime, size), session start, trial folder → names) of each snapshot read
+        self._snapshots: dict[str, tuple[tuple[float, int], float, dict[str, set[str]]]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # pickled with the Tuner: the cache is rebuilt after a restore
@@ -123,13 +129,18 @@ class CheckpointRetention(tune.Callback):
                 continue
             try:
                 with fs.open_input_stream(info.path) as f:
-                    names = named_checkpoints(json.loads(f.readall().decode()))
+                    state = json.loads(f.readall().decode())
+                names = named_checkpoints(state)
             except (OSError, ValueError, KeyError, IndexError, TypeError, pa.ArrowException):
                 return None  # being replaced, or damaged: delete nothing this time
-            self._snapshots[info.path] = (stamp, names)
+            start = snapshot_start_time(state)
+            self._snapshots[info.path] = (stamp, stamp[0] if start is None else start, names)
         for path in set(self._snapshots) - {i.path for i in infos}:
             del self._snapshots[path]
-        live = max(infos, key=lambda i: (i.mtime.timestamp() if i.mtime else 0.0, i.path))
+        # The live one is this session's: the latest session start inside the file. Not the
+        # newest mtime: Tune uploads its whole staging folder at each snapshot, so where one Ray
+        # session runs several drivers of a study, the resumed-from snapshot is rewritten too.
+        live = max(infos, key=lambda i: (self._snapshots[i.path][1], self._snapshots[i.path][0]))
         return {i.path for i in infos}, live.path
 
     def prune(self, trial: Any) -> list[str]:
@@ -144,8 +155,8 @@ class CheckpointRetention(tune.Callback):
                 return []
             paths, live_path = seen
             folder = storage.trial_dir_name
-            named = set().union(*(self._snapshots[p][1].get(folder, set()) for p in paths))
-            live = self._snapshots[live_path][1].get(folder, set())
+            named = set().union(*(self._snapshots[p][2].get(folder, set()) for p in paths))
+            live = self._snapshots[live_path][2].get(folder, set())
             gone = doomed(checkpoint_folders(fs, storage.trial), named, live)
             for name in gone:
                 fs.delete_dir(f"{storage.trial}/{name}")

@@ -12,6 +12,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from study.execute.asha import bind_state, make_scheduler, searcher_limit, slot_search_alg
 from study.execute.progress import ProgressLine
+from study.execute.retention import CheckpointRetention
 from study.execute.search import param_space, search_alg
 from study.execute.tracker_callbacks import tracker_callbacks
 from study.execute.trainable import AdapterSettings, make_trainable
@@ -81,9 +82,10 @@ def build_tuner(
         storage_path=paths.storage.root,
         storage_filesystem=paths.storage.fs,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        # Tune forces an experiment snapshot every num_to_keep checkpoints of a trial, so the
-        # snapshot never points at a deleted checkpoint.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # Tune keeps every checkpoint: its own num_to_keep deleted checkpoints that the
+        # snapshot on storage still named. CheckpointRetention deletes the ones no snapshot
+        # can name (study.execute.retention).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         callbacks=[
             TrialsWriter(paths.name),
             ProgressLine(
@@ -98,6 +100,7 @@ def build_tuner(
             CSVLoggerCallback(),
             *trackers,
             *callbacks,
+            CheckpointRetention(),  # last: its on_experiment_end deletes checkpoints
         ],
         verbose=0,
     )
