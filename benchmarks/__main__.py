@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import adaptive_k, cold_start, gn_solvers, measure_cost, stability_cost, step_cost
+from benchmarks import (
+    adaptive_k,
+    adaptive_real,
+    cold_start,
+    gn_solvers,
+    measure_cost,
+    stability_cost,
+    step_cost,
+)
 
 SMOKE = {
     "step_cost": step_cost.main,
@@ -17,6 +25,7 @@ SMOKE = {
     "stability_cost": stability_cost.main,
     "cold_start": cold_start.main,
     "adaptive_k": adaptive_k.main,
+    "adaptive_real": adaptive_real.main,
 }
 
 

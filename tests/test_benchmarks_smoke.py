@@ -33,6 +33,7 @@ CPU_BENCHMARKS = {
         "heavy modules the fresh process imported:",
     ],
     "adaptive_k": ["ratio adaptive / grid trials to the grid's width"],
+    "adaptive_real": ["ratio adaptive / grid trials to the grid's width, real trials"],
 }
 
 
