@@ -19,7 +19,10 @@ from study.execute.sigterm import EXIT_TERMINATED, stop_on_sigterm, terminated
 def main(argv: Sequence[str] | None = None) -> int:
 
     with _stop_on_sigterm():
-        return _main(argv)
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:  # while _main imports, before its own `try`
+            return _interrupted()
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -47,11 +50,16 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # outside Tune's own graceful stop (e.g. while Ray starts)
-        if terminated():
-            print("interrupted by SIGTERM", file=sys.stderr)
-            return EXIT_TERMINATED
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    """Ctrl+C or SIGTERM outside Tune's loop: one line, 130 or 143."""
+    if terminated():
+        print("interrupted by SIGTERM", file=sys.stderr)
+        return EXIT_TERMINATED
+    print("interrupted", file=sys.stderr)
+    return 130
 
 
 @contextlib.contextmanager
