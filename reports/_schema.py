@@ -82,6 +82,20 @@ def _check_statuses(schema: pa.Schema, file: object) -> None:
         raise ReportError(f"{file}: unknown trial status {unknown[0]!r} in the layout")
 
 
+class _Roles(dict):
+    """column → role, never changed in place (`with_roles` makes a new one).
+
+    pandas deep-copies a frame's `attrs` on nearly every operation that returns a frame; this
+    mapping is immutable by convention, so its copy is itself and the reports pay nothing
+    per operation for carrying it."""
+
+    def __deepcopy__(self, memo: dict) -> _Roles:
+        return self
+
+    def __copy__(self) -> _Roles:
+        return self
+
+
 def roles_of(frame: pd.DataFrame) -> Mapping[str, str]:
     """column → role of a frame the reader returned (empty for a frame built by hand)."""
     return frame.attrs.get(ROLES, {})
@@ -89,7 +103,7 @@ def roles_of(frame: pd.DataFrame) -> Mapping[str, str]:
 
 def with_roles(frame: pd.DataFrame, roles: Mapping[str, str]) -> pd.DataFrame:
     """`frame`, its roles set to `roles` (plus those it already had)."""
-    frame.attrs[ROLES] = {**roles_of(frame), **roles}
+    frame.attrs[ROLES] = _Roles({**roles_of(frame), **roles})
     return frame
 
 
