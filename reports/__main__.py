@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ._config import DEFAULT_BOOTSTRAP, check_formats
+from ._config import DEFAULT_BOOTSTRAP, FIGURES, NOT_REQUESTED, check_figures, check_formats
 from ._errors import ReportError
 from ._paths import as_study_dir, find_results, is_local, local_out
 
@@ -48,11 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--match-train-loss", type=float, default=None, metavar="LOSS",
                         help="target train loss of the matched view (default: each group's "
                              "worst final train loss)")  # fmt: skip
+    parser.add_argument("--figures", default=None, metavar="NAMES",
+                        help="comma-separated figures to draw (default: all; none: tables only): "
+                             + ", ".join(FIGURES))  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
     tune = tuple(k.strip() for k in args.tune.split(",") if k.strip() and k.strip() != "none")
     try:  # cheap checks first, before pandas, scipy and matplotlib load
         formats = check_formats(args.format.split(","))
+        figures = None if args.figures is None else check_figures(args.figures.split(","))
         if args.match_train_loss is not None and not args.match_train_loss > 0:
             raise ReportError(f"--match-train-loss must be > 0, got {args.match_train_loss:g}")
         if args.out is not None:
@@ -75,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=None if args.quiet else stderr_progress,
             tune=tune,
             match_train_loss=args.match_train_loss,
+            figures=figures,
         )
     except ReportError as exc:
         print(f"python -m reports: {exc}", file=sys.stderr)
@@ -87,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in result.files:
         print(f"  {path}")
     for name, reason in result.skipped.items():
-        print(f"  (no {name} figure: {reason})")
+        if reason != NOT_REQUESTED:
+            print(f"  (no {name} figure: {reason})")
     return 0
 
 

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._config import DEFAULT_BOOTSTRAP, FORMATS, check_formats
+from ._config import (
+    DEFAULT_BOOTSTRAP,
+    FIGURES,
+    FORMATS,
+    NOT_REQUESTED,
+    check_figures,
+    check_formats,
+)
 from ._errors import NothingToPlot, ReportError
 from ._load import StudyData, StudyPaths, read_studies
 from ._paths import StudyDir, as_study_dir, is_local, is_uri, local_out, locate, study_name
@@ -77,16 +84,20 @@ def write_report(
     progress: Callable[[str], None] | None = None,
     tune: Sequence[str] = ("lr",),
     match_train_loss: float | None = None,
+    figures: Sequence[str] | None = None,
 ) -> ReportResult:
     """Write figures, ``fits.csv``, ``selected.csv`` and ``summary.md`` into `out`.
 
     `tune` are the keys selected per K on validation accuracy for the tuned view (empty: no
     tuned view); `match_train_loss` is the target of the matched view (None: each group's
-    worst final training loss). Raises ReportError, before writing anything, when the input
-    cannot make a report.
+    worst final training loss); `figures` are the figures to draw (None: all of ``FIGURES``;
+    the others are skipped as "not requested", their pages from an earlier report removed,
+    and the tables that come with a figure come only with it). Raises ReportError, before
+    writing anything, when the input cannot make a report.
     """
     say = progress or (lambda _msg: None)
     formats = check_formats(formats)
+    wanted = check_figures(figures)
     if n_boot < 0:
         raise ReportError(f"bootstrap count must be >= 0, got {n_boot}")
     given = [study_dirs] if isinstance(study_dirs, str | Path) else study_dirs
@@ -132,7 +143,7 @@ def write_report(
     tuned_note = f"{', '.join(tune)} selected per K on validation"
     matched_view = tuned if tuned is not None and len(tuned) else data.trials
     matched_note = tuned_note if matched_view is tuned else ""
-    figures: dict[str, Callable[[Path], list[Path]]] = {
+    drawers: dict[str, Callable[[Path], list[Path]]] = {
         "feature_updates": lambda p: plot_feature_updates(data.trials, p, fixed_fits, formats),
         "feature_updates_tuned": lambda p: _tuned_figure(
             tuned, lambda: plot_feature_updates(tuned, p, tuned_fits, formats, tuned_note)
@@ -152,8 +163,11 @@ def write_report(
         "stability_map": lambda p: plot_stability_map(result.stability, p, formats),
         "arms": lambda p: plot_arms(arms, p, formats, data.trials),
     }
-    for name, draw in figures.items():
+    assert tuple(drawers) == FIGURES, "reports._config.FIGURES lists every figure in order"
+    for name, draw in drawers.items():
         try:
+            if name not in wanted:
+                raise NothingToPlot(NOT_REQUESTED)
             result.figures[name] = draw(out_dir / name)
         except NothingToPlot as why:
             result.skipped[name] = str(why)

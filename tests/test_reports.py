@@ -271,6 +271,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path):
     procs["bad format"] = subprocess.Popen(
         [sys.executable, "-m", "reports", str(empty), "--format", "gif"], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    procs["bad figure"] = subprocess.Popen(
+        [sys.executable, "-m", "reports", str(empty), "--figures", "lr,histogram"], cwd=ROOT,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 2, (name, err)
@@ -377,3 +380,26 @@ def test_a_rewritten_report_leaves_no_stale_page(tmp_path: Path):
     assert "damping" in result.skipped and result.figures["feature_updates"]
     assert not any(p.exists() for p in stale)
     assert all(p.read_text() == "old" for p in kept)
+
+
+def test_only_the_requested_figures_are_drawn_and_older_pages_of_the_rest_go(tmp_path: Path):
+    study = make_study(tmp_path, Spec(study="some", ks=(1, 10, INF), seeds=(0, 1), plain=(),
+                                      probe=False, lrs=(0.05, 0.1)))  # fmt: skip
+    out = tmp_path / "report"
+    first = reports.write_report(study, out, n_boot=0)
+    assert first.figures["feature_updates"] and first.figures["stability_map"]
+    result = reports.write_report(
+        study, out, n_boot=0, figures=["training_curves", "stability_map"]
+    )
+    assert set(result.figures) == {"training_curves", "stability_map"}
+    assert set(result.figures) | set(result.skipped) == set(reports._config.FIGURES)
+    assert result.skipped["feature_updates"] == "not requested"
+    assert not (out / "feature_updates.png").exists()  # no page of the first report is left
+    assert (out / "stability.csv").is_file()  # the map came, and its table with it
+    assert (out / "fits.csv").is_file() and "not requested" in result.summary.read_text()
+    tables_only = reports.write_report(study, out, n_boot=0, figures=())
+    assert not tables_only.figures and not list(out.glob("*.png"))
+    assert not (out / "stability.csv").exists()  # a figure's table comes only with it
+    assert len(tables_only.fits) == len(first.fits)  # the fits do not depend on the figures
+    with pytest.raises(reports.ReportError, match="unknown figure 'histogram'"):
+        reports.write_report(study, out, figures=["lr", "histogram"])

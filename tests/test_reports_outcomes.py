@@ -82,7 +82,7 @@ def test_diverged_trials_are_marked_on_the_figure_and_counted_in_its_legend(dive
 
 
 def test_summary_lists_diverged_trials_per_group(diverging: Path, tmp_path: Path):
-    result = reports.write_report(diverging, tmp_path / "out", n_boot=0)
+    result = reports.write_report(diverging, tmp_path / "out", n_boot=0, figures=())
     text = result.summary.read_text()
     section = text.split("## Diverged trials and duplicates per group")[1].split("\n## ")[0]
     row = next(line for line in section.splitlines() if line.startswith("| all trials"))
@@ -110,7 +110,9 @@ def test_duplicates_are_one_trial_not_extra_seeds(tmp_path: Path):
     assert fit["n_trials"] == 4
     rho = reports.measure_correlations(trials)
     assert rho["n_trials"].tolist() == [4]
-    summary = reports.write_report(study, tmp_path / "out", n_boot=0).summary.read_text()
+    summary = reports.write_report(
+        study, tmp_path / "out", n_boot=0, figures=()
+    ).summary.read_text()
     section = summary.split("## Diverged trials and duplicates per group")[1].split("\n## ")[0]
     row = next(line for line in section.splitlines() if line.startswith("| all trials"))
     assert row.strip("| ").endswith("| 2")  # duplicates dropped, counted per group
@@ -147,7 +149,7 @@ def test_scheduler_stopped_trials_enter_no_curve_and_are_counted(tmp_path: Path)
     assert len(stopped) == 3 and (stopped["exclusion"] == "stopped by the scheduler").all()
     fit = reports.fit_feature_updates(trials, n_boot=0).iloc[0]
     assert fit["n_trials"] == len(KS) * 3
-    text = reports.write_report(study, tmp_path / "out", n_boot=0).summary.read_text()
+    text = reports.write_report(study, tmp_path / "out", n_boot=0, figures=()).summary.read_text()
     header, _, row = text.split("## Trials")[1].strip().splitlines()[:3]
     cells = dict(zip(header.strip("|").split("|"), row.strip("|").split("|"), strict=True))
     assert cells[" stopped by the scheduler "].strip() == "3"
@@ -300,7 +302,7 @@ def test_a_trial_that_ends_above_its_initial_loss_is_diverged_whatever_its_statu
     assert trials.loc[spike, "peak_loss_ratio"] == pytest.approx(3.0)  # computed from the rows
     others = trials.drop([up, spike])
     assert (others["status"] == "TERMINATED").all() and (others["peak_loss_ratio"] == 1.0).all()
-    text = reports.write_report(study, tmp_path / "out", n_boot=0).summary.read_text()
+    text = reports.write_report(study, tmp_path / "out", n_boot=0, figures=()).summary.read_text()
     assert "Outcome rule:" in text and "1 trial counted as diverged by this rule" in text
     assert "1 finished trial had a training-loss spike" in text
 
@@ -360,7 +362,7 @@ def test_thresholds_beyond_the_sampled_range_are_flags_not_numbers(late: Path, t
             elif flag:
                 assert flag in ("< N_min", "> N_max")
     assert any(fit[f] for f in FLAGS)
-    reports.write_report(late, tmp_path / "out", n_boot=40)
+    reports.write_report(late, tmp_path / "out", n_boot=40, figures=())
     csv = pd.read_csv(tmp_path / "out" / "fits.csv", keep_default_na=False)
     assert {"n_min", "n_max", *FLAGS} <= set(csv.columns)
     assert csv["n90_flag"].iloc[0] == "> N_max" and csv["n90"].iloc[0] == ""

@@ -187,7 +187,8 @@ def grid_study(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def grid_report(grid_study: Path):
-    return reports.write_report(grid_study, grid_study.parent / "out", n_boot=0)
+    return reports.write_report(grid_study, grid_study.parent / "out", n_boot=0,
+                                figures=["stability", "stability_map", "arms"])  # fmt: skip
 
 
 def test_the_stability_figures_and_tables_are_written(grid_report):
@@ -345,7 +346,9 @@ def _late_blow_up(**changes) -> Trial:
 
 def test_a_divergence_is_read_where_it_began(tmp_path: Path):
     study = write_study(tmp_path, "onset", [_late_blow_up(), Trial(k=INF, lr=0.1, seed=0)])
-    row = reports.write_report(study, tmp_path / "out", n_boot=0).stability_trials.iloc[0]
+    row = reports.write_report(study, tmp_path / "out", n_boot=0, figures=()).stability_trials.iloc[
+        0
+    ]
     assert row["last_healthy_step"] == 60  # not 20: the spike at 30 recovered
     assert row["onset_step"] == 60 and row["onset_read_from"] == "phases"
     assert row["onset_lr_sharpness"] == pytest.approx(1.0)  # not 9: set after the blow-up
@@ -359,7 +362,9 @@ def test_an_update_made_after_the_linear_model_blew_up_is_not_read(tmp_path: Pat
     began at 50 diverged, and the jump at 60 is a consequence; the update at 50 is read."""
     trial = _late_blow_up(before=lambda j: 50.0 if j >= 6 else 0.2)
     study = write_study(tmp_path, "late", [trial, Trial(k=INF, lr=0.1, seed=0)])
-    row = reports.write_report(study, tmp_path / "out", n_boot=0).stability_trials.iloc[0]
+    row = reports.write_report(study, tmp_path / "out", n_boot=0, figures=()).stability_trials.iloc[
+        0
+    ]
     assert row["onset_step"] == 50 and row["onset_lin_gap"] == 0.01
     assert row["unmeasured_updates"] == 0  # the update at 60 was measured: it came too late
     assert row["class"] == NEITHER_CLASS  # lr·λ = 1, a jump of 0.01
@@ -369,7 +374,9 @@ def test_a_phase_that_began_unmeasured_is_not_classified(tmp_path: Path):
     """Only the updates at 20 and 40 were measured: the phase that diverged began at 60 or 70."""
     trial = _late_blow_up(measured=lambda j: j in (2, 4))
     study = write_study(tmp_path, "cadence", [trial, Trial(k=INF, lr=0.1, seed=0)])
-    row = reports.write_report(study, tmp_path / "out", n_boot=0).stability_trials.iloc[0]
+    row = reports.write_report(study, tmp_path / "out", n_boot=0, figures=()).stability_trials.iloc[
+        0
+    ]
     assert row["onset_step"] == 40 and row["unmeasured_updates"] == 2  # updates 5 and 6
     assert row["class"] == UNMEASURED_CLASS
 
@@ -378,7 +385,8 @@ def test_a_phase_that_began_unmeasured_is_not_classified(tmp_path: Path):
 def test_a_study_without_the_measures_skips_the_figures_with_a_reason(tmp_path: Path):
     study = make_study(tmp_path, Spec(study="old", ks=(1, 10, INF), seeds=(0, 1), plain=(),
                                       probe=False))  # fmt: skip
-    result = reports.write_report(study, tmp_path / "out", n_boot=0)
+    result = reports.write_report(study, tmp_path / "out", n_boot=0,
+                                  figures=["stability", "stability_map", "arms"])  # fmt: skip
     assert "before the stability measures" in result.skipped["stability"]
     assert "more than one lr" in result.skipped["stability_map"]
     assert "solved to convergence" in result.skipped["arms"]
@@ -390,7 +398,8 @@ def test_a_study_without_the_measures_skips_the_figures_with_a_reason(tmp_path: 
 def test_an_old_lr_grid_still_gets_its_map(tmp_path: Path):
     study = make_study(tmp_path, Spec(study="oldgrid", ks=(1, 10, INF), seeds=(0, 1), plain=(),
                                       probe=False, lrs=(0.05, 0.1)))  # fmt: skip
-    result = reports.write_report(study, tmp_path / "out", n_boot=0)
+    result = reports.write_report(study, tmp_path / "out", n_boot=0,
+                                  figures=["stability", "stability_map"])  # fmt: skip
     assert result.figures["stability_map"] and "stability" in result.skipped
     table = pd.read_csv(tmp_path / "out" / "stability.csv")
     assert len(table) == 6 and table["max_lr_sharpness"].isna().all()
@@ -411,7 +420,7 @@ def test_without_phase_files_the_last_healthy_record_is_read(tmp_path: Path):
               Trial(k=25, lr=0.2, seed=1, diverge_at=60, gaps=lambda j: 0.1 if j < 2 else 5.0),
               Trial(k=INF, lr=0.2, seed=0)]  # fmt: skip
     study = write_study(tmp_path, "nophase", trials, phases=False)
-    result = reports.write_report(study, tmp_path / "out", n_boot=0)
+    result = reports.write_report(study, tmp_path / "out", n_boot=0, figures=["stability"])
     per_trial = result.stability_trials.set_index(["k", "seed"])
     first = per_trial.loc[(25.0, 0)]
     assert first["class"] == GAP_CLASS and first["onset_read_from"] == "records"
@@ -447,7 +456,7 @@ def fig8_trials() -> list[Trial]:
 
 def test_the_arms_table_counts_each_trials_feature_updates(tmp_path: Path):
     study = write_study(tmp_path, "fig8", fig8_trials())
-    result = reports.write_report(study, tmp_path / "out", n_boot=0)
+    result = reports.write_report(study, tmp_path / "out", n_boot=0, figures=["arms"])
     (png,) = result.figures["arms"]
     assert png.stat().st_size > 20_000
     arms = pd.read_csv(tmp_path / "out" / "arms.csv")

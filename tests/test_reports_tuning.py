@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 import reports
+from reports._config import NOT_REQUESTED
 from reports._tune import TUNED, tune_on_validation
 from tests.report_data import INF, ROLES, Spec, make_study
 from tests.test_reports import run_cli
@@ -86,17 +87,20 @@ def test_no_validation_accuracy_refuses_tuning_and_never_uses_test(tmp_path: Pat
     trials = reports.load_trials(study)
     tuning = tune_on_validation(trials)
     assert tuning.refused and "val_acc" in tuning.refused and tuning.trials.empty
-    result = reports.write_report(study, tmp_path / "out", n_boot=0)
+    result = reports.write_report(
+        study, tmp_path / "out", n_boot=0, figures=["feature_updates_tuned"]
+    )
     text = result.summary.read_text()
     assert "Not tuned:" in text and "test accuracy is never used in its place" in text
     assert result.selected_csv is None and not (tmp_path / "out" / "selected.csv").exists()
-    assert "feature_updates_tuned" in result.skipped
+    assert result.skipped["feature_updates_tuned"] != NOT_REQUESTED
     assert set(result.fits["view"]) == {"fixed"}
 
 
 def test_report_lists_the_rule_the_choices_and_fits_the_tuned_view(tuned_study: Path, tmp_path):
     out = tmp_path / "out"
-    done = run_cli(tuned_study, "--out", out, "--bootstrap", "0")
+    done = run_cli(tuned_study, "--out", out, "--bootstrap", "0",
+                   "--figures", "feature_updates, feature_updates_tuned")  # fmt: skip
     assert done.returncode == 0, done.stderr
     selected = pd.read_csv(out / "selected.csv")
     lin = selected[selected["trainer"] == "linearised"]
@@ -117,8 +121,9 @@ def test_report_lists_the_rule_the_choices_and_fits_the_tuned_view(tuned_study: 
 
 
 def test_tune_none_makes_no_tuned_view(tuned_study: Path, tmp_path: Path):
-    result = reports.write_report(tuned_study, tmp_path / "out", n_boot=0, tune=())
-    assert "feature_updates_tuned" in result.skipped and result.selected.empty
+    result = reports.write_report(tuned_study, tmp_path / "out", n_boot=0, tune=(),
+                                  figures=["feature_updates_tuned"])  # fmt: skip
+    assert result.skipped["feature_updates_tuned"] != NOT_REQUESTED and result.selected.empty
 
 
 # ---- figures against a swept key ---------------------------------------------------------
@@ -430,7 +435,7 @@ def test_report_names_stability_limited_k_and_warns_on_edge_picks(tmp_path: Path
                                       lrs=(0.1, 0.2, 0.4), shift=_limited_shift, plain=("adam",),
                                       plain_lrs=(1e-4, 1e-3), probe=False, diverged=1,
                                       diverge_at={"k": 10.0, "lr": 0.4}, val_examples=1000))  # fmt: skip
-    result = reports.write_report(study, tmp_path / "out", n_boot=0)
+    result = reports.write_report(study, tmp_path / "out", n_boot=0, figures=())
     selected = pd.read_csv(tmp_path / "out" / "selected.csv")
     assert "bracketed" in selected.columns and selected["bracketed"].notna().all()
     lin = selected[selected["trainer"] == "linearised"].set_index("k")
@@ -513,7 +518,9 @@ def test_a_damping_where_every_step_diverged_is_marked(gn_study: Path, tmp_path,
 
 
 def test_the_summary_tells_matched_from_under_trained_damping(gn_study: Path, tmp_path: Path):
-    text = reports.write_report(gn_study, tmp_path / "out", n_boot=0).summary.read_text()
+    text = reports.write_report(
+        gn_study, tmp_path / "out", n_boot=0, figures=()
+    ).summary.read_text()
     section = text.split("## Gauss-Newton: step η tuned per damping λ on validation")[1]
     section = section.split("\n## ")[0]
     assert "under-trained" in section and "matched" in section
