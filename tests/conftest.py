@@ -27,6 +27,12 @@ RAY_TEST_ENV = {
 for _key, _value in RAY_TEST_ENV.items():
     os.environ.setdefault(_key, _value)
 
+# One intra-op torch thread per test process, as Ray gives a trial of one CPU: the fast tier runs
+# two pytest workers on two cores, and torch's default of a thread per core makes each worker's
+# threads spin-wait on the other's, which costs more than threads save on these tiny tensors.
+# Set before anything imports torch (it reads the variable once, at import).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # A Plan's param_space() and search_alg() reach the Tune builders that study.execute.search
 # registers when imported (study.plan imports no Ray, so it cannot import them itself); tests
 # that call those methods on a Plan find them here. The import does not import Ray.
