@@ -18,7 +18,7 @@ from study import ray_internals
 from study.errors import StudyError
 from study.execute.sigterm import Terminated, mark_terminated, stop_on_sigterm
 from study.ray_internals import EMBEDDED_INIT, stop_autoscaler_monitor
-from study.store.faults import storage_fault
+from study.store.faults import lost_experiment_folder, storage_fault
 from study.store.fs import Storage
 
 CONNECT_TIMEOUT_S = 3.0
@@ -173,7 +173,7 @@ class _StorageFaultRecords(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return storage_fault(exc) is None
+        return storage_fault(exc) is None and not lost_experiment_folder(exc)
 
 
 def _hide_logged_storage_faults() -> None:

@@ -9,6 +9,10 @@ chain is searched for the first OSError whose errno is a storage fault.
 from __future__ import annotations
 
 import errno
+import os
+import re
+
+from study.store.tune_files import STORAGE_MARKER
 
 # errno → (the cause in words, what to do before resuming)
 _FAULTS = {
@@ -56,3 +60,29 @@ def vanished_message(folder: str, missing: str) -> str:
         f"{missing}: No such file or directory ({cause} while the study ran: {folder}); "
         f"{remedy}, then resume it"
     )
+
+
+# Tune's own check, at each checkpoint, that a trial still sees the experiment folder (its
+# validation marker). It raises a RuntimeError with no OSError behind it, so `storage_fault`
+# cannot see it. When the marker is gone from the folder it names, the folder was removed
+# (later writes of the driver may have created it again, empty of the marker); when it is
+# there, the trial's node does not share the storage, and the error is shown.
+_TUNE_STORAGE_CHECK = "Unable to set up cluster storage"
+_TUNE_FOLDER = re.compile(r"storage_fs_path='([^']*)'.*?experiment_dir_name='([^']*)'", re.S)
+
+
+def lost_experiment_folder(exc: BaseException | None) -> bool:
+    """`exc` is Tune's failed storage check for a local experiment folder that lost Tune's
+    marker (a study folder removed while the study ran)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        if _TUNE_STORAGE_CHECK in text:
+            found = _TUNE_FOLDER.search(text)
+            return bool(found) and not os.path.exists(os.path.join(*found.groups(), STORAGE_MARKER))
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException) or id(cause) in seen:
+            cause = exc.__cause__ or exc.__context__
+        exc = cause
+    return False

@@ -38,6 +38,8 @@ SESSION_FILE = re.compile(
 # `fit()`; a resume verifies finished trials' files against their checkpoints, and a restored
 # trial looks for a newer checkpoint than the snapshot's (study.execute.trainable).
 CHECKPOINT_PREFIX = "checkpoint_"
+# the empty file Tune writes in the experiment folder and checks at every trial checkpoint
+STORAGE_MARKER = ".validate_storage_marker"
 # Trial statuses as Tune writes them into a snapshot (its `Trial` statuses, not ours).
 TUNE_UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
 

@@ -150,3 +150,26 @@ def test_sigterm_inside_tune_calls_tunes_graceful_sigint_handler(fresh_sigterm: 
     signal.raise_signal(signal.SIGTERM)
     assert calls == [signal.SIGINT] and fresh_sigterm.terminated()
     assert fresh_sigterm.EXIT_TERMINATED == 143
+
+
+def test_tunes_failed_storage_check_is_the_vanished_folder_only_when_its_marker_is_gone(
+    tmp_path,
+) -> None:
+    """Tune checks its marker in the experiment folder at every trial checkpoint and raises a
+    bare RuntimeError; a removed study folder (which the driver's writes may create again) was
+    logged as a 100-line traceback beside the one-line error."""
+    from study.store.faults import lost_experiment_folder
+    from study.store.tune_files import STORAGE_MARKER
+
+    (tmp_path / "smoke").mkdir()
+    text = (
+        "Unable to set up cluster storage with the following settings:\nStorageContext<\n"
+        f"  storage_filesystem='local',\n  storage_fs_path='{tmp_path}',\n"
+        "  experiment_dir_name='smoke',\n>\nCheck that all nodes in the cluster have access"
+    )
+    wrapped = RuntimeError("trial failed")
+    wrapped.__cause__ = RuntimeError(text)
+    assert lost_experiment_folder(wrapped)  # the folder is back, its marker is not
+    (tmp_path / "smoke" / STORAGE_MARKER).touch()
+    assert not lost_experiment_folder(wrapped)  # an unshared node: a real error, shown
+    assert not lost_experiment_folder(RuntimeError("something else"))
