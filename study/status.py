@@ -18,7 +18,6 @@ import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any, NoReturn
 
 import pyarrow as pa
@@ -29,7 +28,7 @@ from study.request.spec import StudySpec
 from study.store.fs import StudyPaths, check_name, read_json, read_parquet, resolve_storage
 from study.store.layout import FINISHED, Status
 from study.store.state import last_write, lock_state
-from study.store.verify import FileCheck, render_checks, verify_study
+from study.store.verify import FileCheck, parquet_files, render_checks, verify_study
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
 # FINISHED: done for good; STOPPED ends early by design.
@@ -154,17 +153,6 @@ def _read_trials(paths: StudyPaths) -> dict[str, TrialView]:
     return out
 
 
-def _metrics_files(paths: StudyPaths) -> dict[str, str]:
-    """trial_id → its metrics file; dotfiles (temporary or damaged files) are not results."""
-    infos = paths.storage.fs.get_file_info(pafs.FileSelector(paths.metrics, allow_not_found=True))
-    out = {}
-    for info in infos:
-        name = PurePosixPath(info.path).name
-        if info.type == pafs.FileType.File and name.endswith(".parquet") and name[0] != ".":
-            out[name.removesuffix(".parquet")] = info.path
-    return dict(sorted(out.items()))
-
-
 def _add_results(
     paths: StudyPaths, trials: dict[str, TrialView], metric: str, swept: Sequence[str]
 ) -> None:
@@ -174,7 +162,9 @@ def _add_results(
     row (that file lost, or not written yet) is still a trial of the study."""
     fs = paths.storage.fs
     columns = ["trial_id", "step", "total_steps", metric, *swept]
-    sources = [(p, paths.display(p)) for p in _metrics_files(paths).values()]
+    sources = [
+        (p, paths.display(p)) for p in parquet_files(paths.storage.fs, paths.metrics).values()
+    ]
     if fs.get_file_info(paths.trials).type == pafs.FileType.File:
         sources.append((paths.trials, paths.display(paths.trials)))
     latest: dict[str, int] = {}

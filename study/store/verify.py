@@ -75,7 +75,7 @@ def check_file(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
     return state, ""
 
 
-def _parquet_files(fs: pafs.FileSystem, folder: str) -> dict[str, str]:
+def parquet_files(fs: pafs.FileSystem, folder: str) -> dict[str, str]:
     """trial_id → path of each `<trial_id>.parquet` (dotfiles are temporary or set aside)."""
     infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     out = {}
@@ -93,11 +93,11 @@ def verify_study(paths: StudyPaths, finished: Iterable[str] = ()) -> list[FileCh
     checks = []
     if fs.get_file_info(paths.trials).type != pafs.FileType.NotFound:
         checks.append(FileCheck(paths.display(paths.trials), "trials", None, *check_file(fs, paths.trials)))  # fmt: skip
-    metrics = _parquet_files(fs, paths.metrics)
+    metrics = parquet_files(fs, paths.metrics)
     for trial_id in sorted(set(finished) - set(metrics)):
         shown = paths.display(str(PurePosixPath(paths.metrics, f"{trial_id}.parquet")))
         checks.append(FileCheck(shown, "metrics", trial_id, MISSING, "a finished trial's rows"))
-    for table, files in (("metrics", metrics), ("phases", _parquet_files(fs, paths.phases))):
+    for table, files in (("metrics", metrics), ("phases", parquet_files(fs, paths.phases))):
         for trial_id, path in files.items():
             checks.append(FileCheck(paths.display(path), table, trial_id, *check_file(fs, path)))
     return sorted(checks, key=lambda c: (c.table != "trials", c.trial_id or "", c.table))
