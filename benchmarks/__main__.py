@@ -14,6 +14,7 @@ from benchmarks import (
     cold_start,
     gn_solvers,
     measure_cost,
+    report_load,
     stability_cost,
     step_cost,
 )
@@ -26,6 +27,7 @@ SMOKE = {
     "cold_start": cold_start.main,
     "adaptive_k": adaptive_k.main,
     "adaptive_real": adaptive_real.main,
+    "report_load": report_load.main,
 }
 
 

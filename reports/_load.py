@@ -25,6 +25,7 @@ reader can find spikes that recovered (a finished trial with a ratio above 1).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ._errors import ReportError
 from ._groups import with_gaps
@@ -163,16 +165,16 @@ def _read_parquet(file: Place) -> tuple[pd.DataFrame, dict[str, str] | None]:
 
 def _read_metrics(metrics_dir: Place, files: list[Place], roles: dict[str, str]) -> pd.DataFrame:
     """The metrics rows of `files`; the roles the files state are added to `roles`."""
-    frames = []
+    tables = []
     for file in files:
-        frame, stated = _read_parquet(file)
-        for column, role in (stated or {}).items():
+        table = read_table(file)
+        for column, role in (file_roles(table.schema, file) or {}).items():
             roles.setdefault(column, role)
-        frames.append(frame)
-    frames = [f for f in frames if len(f.columns)]
-    if not frames:
+        if table.num_columns:
+            tables.append(table)
+    if not tables:
         return pd.DataFrame(columns=["study", "trial_id", "step"])
-    metrics = pd.concat(frames, ignore_index=True, sort=False)
+    metrics = _joined_frame(tables)
     missing = [c for c in REQUIRED_METRICS_COLUMNS if c not in metrics.columns]
     if missing:
         raise ReportError(
@@ -185,6 +187,19 @@ def _read_metrics(metrics_dir: Place, files: list[Place], roles: dict[str, str])
     # rows are unique per (trial, step) by contract; after a resume keep the newest file's row
     metrics = metrics.drop_duplicates(["study", "trial_id", "step"], keep="last")
     return metrics.sort_values(["study", "trial_id", "step"], ignore_index=True)
+
+
+def _joined_frame(tables: list[pa.Table]) -> pd.DataFrame:
+    """The rows of `tables` as one frame, as ``pd.concat`` of their frames would give them.
+
+    Arrow joins the tables first (columns a file lacks become nulls), so that pandas converts
+    once rather than once per trial file. A file that carries pandas' own metadata, or columns
+    whose types Arrow cannot unify, takes pandas' path, which honours both.
+    """
+    if not any(b"pandas" in (t.schema.metadata or {}) for t in tables):
+        with contextlib.suppress(pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    return pd.concat([t.to_pandas() for t in tables], ignore_index=True, sort=False)
 
 
 def _tidy_ids(frame: pd.DataFrame) -> pd.DataFrame:

@@ -34,6 +34,7 @@ CPU_BENCHMARKS = {
     ],
     "adaptive_k": ["ratio adaptive / grid trials to the grid's width"],
     "adaptive_real": ["ratio adaptive / grid trials to the grid's width, real trials"],
+    "report_load": ["ratio per-file read (thread pool, one conversion per file) / reports' reader"],
 }
 
 
@@ -67,6 +68,7 @@ def test_study_overhead_smoke_runs_a_real_study():
     assert "ratio throughput, study vs one at a time" in done.stdout
 
 
+@pytest.mark.slow  # subprocesses: each benchmark started without CUDA
 def test_benchmarks_fail_fast_and_clearly_without_cuda(capsys):
     import argparse
 
