@@ -140,21 +140,28 @@ def kill_loop(
     eval_every: int = 100,
     rivals_on: bool = True,
     root: Path | None = None,
+    baseline_run: Path | None = None,
 ) -> dict[str, object]:
-    """Run the baseline and the killed study; every figure the loop prints, by name."""
+    """Run the baseline and the killed study; every figure the loop prints, by name.
+
+    `baseline_run` is the same study already run to its end without a kill (the test suite
+    runs it in-process on its shared Ray); None runs it here as a driver of its own.
+    """
     rng = random.Random(seed)
     root = root or Path(tempfile.mkdtemp(prefix="ilstudy-loop-"))
     storage, logs = root / "studies", root / "logs"
     logs.mkdir(parents=True)
     sets = study_args(root, checkpoint_every, scheduler, total_steps, eval_every)
 
-    for _ in range(5):  # an overloaded machine can time Ray's start-up out: start again
-        base = _driver([*sets, "--name", "baseline"], storage, logs / "b", "UTC")
-        if base.wait(timeout=900) == 0 or STARTUP_TIMEOUT not in (logs / "b").read_text():
-            break
-        shutil.rmtree(storage / "baseline", ignore_errors=True)
-    assert base.returncode == 0, (logs / "b").read_text()[-2000:]
-    baseline = _metrics(storage / "baseline")
+    if baseline_run is None:
+        for _ in range(5):  # an overloaded machine can time Ray's start-up out: start again
+            base = _driver([*sets, "--name", "baseline"], storage, logs / "b", "UTC")
+            if base.wait(timeout=900) == 0 or STARTUP_TIMEOUT not in (logs / "b").read_text():
+                break
+            shutil.rmtree(storage / "baseline", ignore_errors=True)
+        assert base.returncode == 0, (logs / "b").read_text()[-2000:]
+        baseline_run = storage / "baseline"
+    baseline = _metrics(baseline_run)
 
     from study.store.lock import LOCK_FILE
 
@@ -201,7 +208,7 @@ def kill_loop(
         if code != 0:
             print(log.read_text()[-3000:], file=sys.stderr)
     metrics = _metrics(storage / "loop")
-    theirs, ours = _statuses(storage / "baseline"), _statuses(storage / "loop")
+    theirs, ours = _statuses(baseline_run), _statuses(storage / "loop")
     return {
         **compare(baseline, metrics),
         "kills": kills,

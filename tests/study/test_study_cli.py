@@ -136,6 +136,7 @@ def test_the_real_command_prints_one_line_and_lists_spaces(tmp_path: Path) -> No
     assert all(name in listing.stdout for name in ("k_sweep", "optuna_lr_k", "smoke"))
 
 
+@pytest.mark.slow  # a subprocess importing the whole driver
 def test_the_study_driver_imports_neither_torch_nor_sklearn() -> None:
     """The driver validates, schedules and writes Parquet; torch (3 s to import here) and
     scikit-learn load only in trial processes."""

@@ -220,14 +220,25 @@ def test_retry_errored_recovers_trials_that_errored_on_a_missing_checkpoint(
 
 
 # ---- the kill loop: real driver SIGKILLs at cadence 1 ----------------------------------------
+LOOP = dict(checkpoint_every=1, total_steps=300, eval_every=10)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["fifo", "asha"])
-def test_cadence_1_survives_driver_kills(scheduler: str, tmp_path: Path) -> None:
+def test_cadence_1_survives_driver_kills(scheduler: str, tmp_path: Path, ray_session: Any) -> None:
     """Up to 3 SIGKILLs at random moments, resumed to the end: 0 rows lost, duplicated or changed,
-    and every trial's final status as in the unbroken run."""
+    and every trial's final status as in the unbroken run (run in-process on the shared Ray;
+    the killed drivers each start an embedded Ray, as `python -m study.run` does by default)."""
+    argv = reliability_loop.study_args(tmp_path, scheduler=scheduler, **LOOP)
+    base = tmp_path / "unbroken"
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    options = StudyOptions(space=argv[1], storage=str(base), overrides=sets,
+                           checkpoint_every=1, scheduler=None if scheduler == "fifo" else scheduler)  # fmt: skip
+    out = io.StringIO()
+    assert run_study(options, out=out).exit_code == 0, out.getvalue()
     r = reliability_loop.kill_loop(
-        3, seed=1, checkpoint_every=1, scheduler=scheduler, total_steps=300, eval_every=10,
-        rivals_on=False, root=tmp_path,
+        3, seed=1, scheduler=scheduler, rivals_on=False, root=tmp_path,
+        baseline_run=base / Path(argv[1]).stem, **LOOP,
     )  # fmt: skip
     # A driver that finishes before its kill ends the loop early: how many land is timing.
     assert r["exit"] == 0 and r["kills"] >= 1, r

@@ -182,6 +182,7 @@ def test_the_cli_refuses_a_missing_tracker_with_exit_2_and_one_line(tmp_path: Pa
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow  # a subprocess importing the driver with every tracker
 def test_trackers_bring_no_torch_into_the_driver(tmp_path: Path) -> None:
     code = (
         "import sys\n"

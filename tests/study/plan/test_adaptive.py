@@ -313,7 +313,7 @@ def test_the_report_draws_adaptive_points_in_proposal_order(tmp_path: Path) -> N
     from reports._errors import NothingToPlot
     from reports._plot_adaptive import adaptive_groups, plot_adaptive
     from study.store.layout import TRIALS_SCHEMA
-    from tests.report_data import make_study, write_parquet
+    from tests.reports.report_data import make_study, write_parquet
 
     grid = make_study(tmp_path / "grid", ks=(1, 3, 10, 30, math.inf), seeds=(0, 1, 2),
                       plain=(), probe=False)  # fmt: skip

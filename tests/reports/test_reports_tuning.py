@@ -18,8 +18,8 @@ import pytest
 import reports
 from reports._config import NOT_REQUESTED
 from reports._tune import TUNED, tune_on_validation
-from tests.report_data import INF, ROLES, Spec, make_study
-from tests.test_reports import run_cli
+from tests.reports.report_data import INF, ROLES, Spec, make_study
+from tests.reports.test_reports import run_cli
 
 KS = (1, 2, 5, 10, 20, 40, 100, INF)
 
@@ -97,6 +97,7 @@ def test_no_validation_accuracy_refuses_tuning_and_never_uses_test(tmp_path: Pat
     assert set(result.fits["view"]) == {"fixed"}
 
 
+@pytest.mark.slow  # a subprocess: the command line draws two figures
 def test_report_lists_the_rule_the_choices_and_fits_the_tuned_view(tuned_study: Path, tmp_path):
     out = tmp_path / "out"
     done = run_cli(tuned_study, "--out", out, "--bootstrap", "0",
@@ -229,7 +230,7 @@ def test_matched_figure_marks_trials_that_never_reach_the_target(tmp_path: Path,
 
 # ---- searcher studies --------------------------------------------------------------------
 def _sampled(root: Path) -> Path:
-    from tests.test_reports import _sampled_study
+    from tests.reports.test_reports import _sampled_study
 
     return _sampled_study(root)
 

@@ -1,7 +1,7 @@
 """reports: diverged trials as an outcome, duplicates counted once, scheduler-stopped trials,
 bands within the metric's range, thresholds inside the data, the K axis.
 
-Data from ``tests/report_data.py``; each test checks a number, not only that nothing crashed.
+Data from ``tests/reports/report_data.py``; each test checks a number, not only that nothing crashed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 import reports
 from reports._style import FLOOR_STEP, FLOOR_Y
-from tests.report_data import INF, Spec, Truth, make_study, rewrite
+from tests.reports.report_data import INF, Spec, Truth, make_study, rewrite
 
 KS = (1, 2, 5, 10, 20, 40, 100, INF)
 

@@ -143,6 +143,7 @@ def test_a_trial_on_given_tensors_equals_one_that_loads_them():
     assert Trial(cfg, data=given).data.x_train.dtype == torch.float32
 
 
+@pytest.mark.slow  # imports scikit-learn, and a subprocess that must not
 def test_digits_are_sklearns_digits_read_without_importing_sklearn():
     import subprocess
     import sys

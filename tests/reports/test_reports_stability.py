@@ -30,7 +30,7 @@ from reports._stability import (
     classify,
 )
 from study.store.layout import METRICS_SCHEMA, PHASES_SCHEMA, TRIALS_SCHEMA
-from tests.report_data import BASE_CONFIG, INF, PROVENANCE, Spec, make_study, write_parquet
+from tests.reports.report_data import BASE_CONFIG, INF, PROVENANCE, Spec, make_study, write_parquet
 
 T, EVERY = 100, 10
 INITIAL_LOSS = 2.3

@@ -21,9 +21,9 @@ import pytest
 
 from reports._errors import ReportError
 from reports._paths import REACH_TIMEOUT_S, locate, metric_files, results_dir
-from tests.test_reports_stability import Trial, write_study
+from tests.reports.test_reports_stability import Trial, write_study
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUCKET, NAME = "bucket", "grid"
 KEYS = {"access_key": "testing", "secret_key": "testing", "region": "us-east-1"}
 # every table of the report whose content is not a path or a time

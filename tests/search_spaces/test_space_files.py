@@ -22,7 +22,7 @@ from study.spec import StudySpec
 from study.status import status
 from tests.test_reliability_concurrency import Interrupt
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "lr_per_k.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "lr_per_k.toml"
 
 
 def _write(tmp_path: Path, text: str, name: str = "mine.toml") -> Path:

@@ -1,6 +1,6 @@
 """reports: loading the results layout, fitting N₅₀ with CIs, figures, summary, the CLI.
 
-Data come from ``tests/report_data.py``, written the way the study service writes them, with
+Data come from ``tests/reports/report_data.py``, written the way the study service writes them, with
 final test accuracy drawn from the fit's own model at known parameters.
 """
 
@@ -15,14 +15,15 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import reports
 from reports._load import read_studies
-from tests.report_data import INF, ROLES, Spec, Truth, make_study, write_parquet
+from tests.reports.report_data import INF, ROLES, Spec, Truth, make_study, write_parquet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("feature_updates", "matched_train_loss", "phase_diagram", "training_curves", "damping",
            "proxy_vs_measure")  # fmt: skip
@@ -69,6 +70,14 @@ def cli_report(full_study: Path) -> tuple[Path, subprocess.CompletedProcess]:
     done = run_cli(full_study, "--out", out, "--bootstrap", "20", check_modules=True)
     assert done.returncode == 0, done.stderr
     return out, done
+
+
+@pytest.fixture(scope="module")
+def tables_report(full_study: Path) -> Path:
+    """The full study's fits, selection and summary, written once in-process with no figure."""
+    out = full_study.parent / "tables_report"
+    reports.write_report(full_study, out, n_boot=20, figures=())
+    return out
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -182,20 +191,26 @@ def test_fit_accepts_metric_rows_and_fits_each_total_steps(full_data):
 
 
 # ---- the full report, through the command line -------------------------------------------
-def test_cli_writes_every_figure_and_imports_neither_ray_nor_torch(cli_report):
+@pytest.mark.slow  # a subprocess drawing every figure of the full study
+def test_cli_writes_every_figure_and_imports_neither_ray_nor_torch(cli_report, tables_report):
     out, done = cli_report
     assert "HEAVY []" in done.stderr
     assert str(out) in done.stdout and "fitting 2 groups (bootstrap 20)" in done.stderr
+    summary = (out / "summary.md").read_text()
     for name in FIGURES:
         path = out / f"{name}.png"
         assert path.stat().st_size > 20_000, name
         assert path.read_bytes()[:8] == PNG_MAGIC
         height, width = matplotlib.image.imread(path).shape[:2]
         assert width >= 700 and height >= 500, (name, width, height)
+        assert f"]({name}.png)" in summary
+    assert (out / "fits.csv").read_text() == (
+        tables_report / "fits.csv"
+    ).read_text()  # as in-process
 
 
-def test_fits_csv_and_summary(cli_report, full_data):
-    out, _ = cli_report
+def test_fits_csv_and_summary(tables_report: Path, full_data):
+    out = tables_report
     fits = pd.read_csv(out / "fits.csv")
     assert len(fits) == 2 and fits["fit_ok"].all()
     for name in ("n50", "n90"):
@@ -211,8 +226,6 @@ def test_fits_csv_and_summary(cli_report, full_data):
     expected = used.groupby("total_steps").size()  # running, diverged, errored left out
     assert fits.set_index("total_steps")["n_trials"].to_dict() == expected.to_dict()
     summary = (out / "summary.md").read_text()
-    for name in FIGURES:
-        assert f"]({name}.png)" in summary
     assert "**diverged** (2)" in summary and "**errored** (1)" in summary
     assert "**in progress** (2)" in summary and "Spearman" in summary and "N₅₀" in summary
     assert "± " in summary  # final metrics: mean ± std
@@ -294,11 +307,11 @@ def test_library_raises_report_error(tmp_path: Path):
 
 # ---- interchange --------------------------------------------------------------------------
 def test_fixture_and_outputs_read_in_pandas_pyarrow_duckdb_polars(
-    full_study: Path, full_data, cli_report
+    full_study: Path, full_data, tables_report: Path
 ):
     duckdb = pytest.importorskip("duckdb")
     polars = pytest.importorskip("polars")
-    out, _ = cli_report
+    out = tables_report
     metrics_glob = str(full_study / "results" / "metrics" / "*.parquet")
     trials_file = full_study / "results" / "trials.parquet"
     rows = len(full_data.metrics)
@@ -386,7 +399,7 @@ def test_only_the_requested_figures_are_drawn_and_older_pages_of_the_rest_go(tmp
     study = make_study(tmp_path, Spec(study="some", ks=(1, 10, INF), seeds=(0, 1), plain=(),
                                       probe=False, lrs=(0.05, 0.1)))  # fmt: skip
     out = tmp_path / "report"
-    first = reports.write_report(study, out, n_boot=0)
+    first = reports.write_report(study, out, n_boot=0, figures=["feature_updates", "stability_map"])
     assert first.figures["feature_updates"] and first.figures["stability_map"]
     result = reports.write_report(
         study, out, n_boot=0, figures=["training_curves", "stability_map"]
@@ -403,3 +416,26 @@ def test_only_the_requested_figures_are_drawn_and_older_pages_of_the_rest_go(tmp
     assert len(tables_only.fits) == len(first.fits)  # the fits do not depend on the figures
     with pytest.raises(reports.ReportError, match="unknown figure 'histogram'"):
         reports.write_report(study, out, figures=["lr", "histogram"])
+
+
+def test_metrics_files_of_different_layouts_join_as_pandas_would_join_them():
+    """Arrow joins the trial files before one conversion; the frame is the one that converting
+    each file and ``pd.concat`` give, columns a file lacks included."""
+    from reports._load import _joined_frame
+
+    new = pa.table({"trial_id": ["a", "a"], "step": [0, 10], "test_acc": [0.1, 0.5],
+                    "diverged": [False, True], "val_examples": [200, 200],
+                    "note": ["x", None]})  # fmt: skip
+    old = pa.table({"trial_id": ["b"], "step": pa.array([0], pa.int32()), "test_acc": [0.2]})
+    empty_col = pa.table({"trial_id": ["c"], "step": [0], "test_acc": pa.nulls(1, pa.float64()),
+                          "note": pa.nulls(1)})  # fmt: skip
+    for tables in ([new, old, empty_col], [old, new], [empty_col, new]):
+        want = pd.concat([t.to_pandas() for t in tables], ignore_index=True, sort=False)
+        got = _joined_frame(tables)
+        assert list(got.columns) == list(want.columns)
+        assert got["test_acc"].dtype == want["test_acc"].dtype == np.float64
+        for column in got.columns:  # a text column null in one file stays text, not object
+            if not (want[column].dtype == object and pd.api.types.is_string_dtype(got[column])):
+                assert got[column].dtype == want[column].dtype, column
+        pd.testing.assert_frame_equal(got.astype(object).where(got.notna(), None),
+                                      want.astype(object).where(want.notna(), None))  # fmt: skip
