@@ -27,8 +27,10 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# Two workers, a file at a time: each worker's tests share its one Ray instance, and the many
+# waits of the slow tier (Ray starting, drivers killed and resumed) overlap the other's work.
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # Multi-process, cluster, kill/resume and stress tests are marked slow and left to `make test`.
 test-fast: setup
