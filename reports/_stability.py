@@ -156,31 +156,62 @@ def scope(trials: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+Columns = dict[str, np.ndarray]  # a trial's columns as float arrays, by step
+# The columns a stability reading uses, kept as float arrays per trial: each trial is read
+# many times, and a study has thousands of trials.
+READ_COLUMNS = ("step", "feature_updates", "train_loss", "loss_before", *STABILITY_COLUMNS)
+_NONE: Columns = {"step": np.array([], dtype=float)}
+
+
 class Records:
     """Each trial's records and phase rows, split once: a study has thousands of trials."""
 
     def __init__(self, metrics: pd.DataFrame, phases: pd.DataFrame) -> None:
         self._by = {"metrics": _split(metrics), "phases": _split(phases)}
+        self._cut: dict[tuple, Columns] = {}  # every measure read from a trial cuts it once
 
-    def rows(self, source: str, trial: pd.Series | dict) -> pd.DataFrame:
-        """The trial's rows of `source` ('metrics' or 'phases') up to its last step, by step."""
-        rows = self._by[source].get((trial["study"], trial["trial_id"]))
-        if rows is None:
-            return pd.DataFrame({"step": []})
+    def columns(self, source: str, trial: pd.Series | dict) -> Columns:
+        """The trial's columns of `source` ('metrics' or 'phases') up to its last step, by
+        step, as float arrays (a value that is not a number is NaN). Callers never change them."""
         last = _float(trial.get("last_step", math.nan))
-        if np.isfinite(last):  # "before divergence": nothing recorded after the last step
-            rows = rows[rows["step"].astype(float) <= last]
-        return rows
+        key = (source, trial["study"], trial["trial_id"], last if np.isfinite(last) else None)
+        cut = self._cut.get(key)
+        if cut is None:
+            cut = self._by[source].get((trial["study"], trial["trial_id"]), _NONE)
+            if np.isfinite(last):  # "before divergence": nothing recorded after the last step
+                cut = _where(cut, cut["step"] <= last)
+            self._cut[key] = cut
+        return cut
 
 
-def _split(frame: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+def _split(frame: pd.DataFrame) -> dict[tuple, Columns]:
     if frame.empty or not {"study", "trial_id", "step"} <= set(frame.columns):
         return {}
-    return {key: part.sort_values("step")
-            for key, part in frame.groupby(["study", "trial_id"], sort=False)}  # fmt: skip
+    frame = frame.dropna(subset=["study", "trial_id"])
+    frame = frame.sort_values(["study", "trial_id", "step"], kind="stable")
+    values = {c: pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+              for c in READ_COLUMNS if c in frame.columns}  # fmt: skip
+    keys = list(zip(frame["study"], frame["trial_id"], strict=True))
+    out, start = {}, 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start]:
+            out[keys[start]] = {c: v[start:i] for c, v in values.items()}
+            start = i
+    return out
+
+
+def _where(columns: Columns, keep: np.ndarray) -> Columns:
+    return {c: v[keep] for c, v in columns.items()}
+
+
+def _last(columns: Columns, col: str) -> float:
+    """`col`'s value in the last row (NaN without rows or without the column)."""
+    values = columns.get(col)
+    return float(values[-1]) if values is not None and len(values) else math.nan
 
 
 SOURCES = ("metrics", "phases")
+Steps = tuple[np.ndarray, np.ndarray]  # (step, value)
 
 
 def series(
@@ -188,41 +219,54 @@ def series(
 ) -> pd.DataFrame:
     """(step, value) of a trial's first column among `columns` with a finite value: from the
     first of `sources` that holds one; empty when none does."""
+    return _frame(_series(records, trial, columns, sources))
+
+
+def _series(records: Records, trial: pd.Series, columns: Sequence[str],
+            sources: Sequence[str] = SOURCES) -> Steps:  # fmt: skip
     for source in sources:
-        rows = records.rows(source, trial)
+        found = records.columns(source, trial)
         for col in columns:
-            if col in rows:
-                found = _finite(rows, col)
-                if len(found):
-                    return found
-    return pd.DataFrame({"step": [], "value": []})
+            if col in found:
+                steps, values = _finite(found, col)
+                if len(steps):
+                    return steps, values
+    return _NONE["step"], _NONE["step"]
 
 
 def gap_series(records: Records, trial: pd.Series) -> pd.DataFrame:
     """(step, lin_gap) at each feature update: the phase rows, else the records' latest value
     where it changes (each record repeats the latest update's gap)."""
-    gaps = series(records, trial, (LIN_GAP,), ("phases",))
-    if len(gaps):
-        return gaps
-    gaps = series(records, trial, (LIN_GAP,), ("metrics",))
-    changed = gaps["value"].ne(gaps["value"].shift())
-    return gaps[changed].reset_index(drop=True)
+    return _frame(_gap_series(records, trial))
 
 
-def _finite(rows: pd.DataFrame, col: str) -> pd.DataFrame:
-    values = pd.to_numeric(rows[col], errors="coerce").astype(float)
+def _gap_series(records: Records, trial: pd.Series) -> Steps:
+    steps, values = _series(records, trial, (LIN_GAP,), ("phases",))
+    if len(steps):
+        return steps, values
+    steps, values = _series(records, trial, (LIN_GAP,), ("metrics",))
+    changed = np.ones(len(values), dtype=bool)
+    changed[1:] = values[1:] != values[:-1]
+    return steps[changed], values[changed]
+
+
+def _finite(columns: Columns, col: str) -> Steps:
+    values = columns[col]
     keep = np.isfinite(values)
-    return pd.DataFrame({"step": rows["step"][keep].astype(float).to_numpy(),
-                         "value": values[keep].to_numpy()})  # fmt: skip
+    return columns["step"][keep], values[keep]
+
+
+def _frame(found: Steps) -> pd.DataFrame:
+    return pd.DataFrame({"step": found[0], "value": found[1]})
 
 
 def initial_loss(records: Records, trial: pd.Series) -> float:
     """The trial's training loss at step 0 (NaN without a step-0 record)."""
-    rows = records.rows("metrics", trial)
-    if "train_loss" not in rows or rows.empty:
+    rows = records.columns("metrics", trial)
+    if "train_loss" not in rows:
         return math.nan
-    first = rows[rows["step"].astype(float) == 0]
-    return float(first["train_loss"].iloc[0]) if len(first) else math.nan
+    first = rows["train_loss"][rows["step"] == 0]
+    return float(first[0]) if len(first) else math.nan
 
 
 def classify(lr_sharpness: float, gap: float, initial_loss: float,
@@ -266,11 +310,11 @@ class Onset:
 def onset(records: Records, trial: pd.Series, initial: float) -> Onset:
     """The onset of a trial's divergence (module docstring); for a trial that did not diverge,
     its last record is the last healthy one."""
-    rows = records.rows("metrics", trial)
-    steps = rows["step"].astype(float).to_numpy() if len(rows) else np.array([])
+    rows = records.columns("metrics", trial)
+    steps = rows["step"]
     last_healthy = first_bad = float(steps[-1]) if len(steps) else math.nan
     if trial.get("exclusion") == "diverged" and np.isfinite(initial) and "train_loss" in rows:
-        loss = pd.to_numeric(rows["train_loss"], errors="coerce").astype(float).to_numpy()
+        loss = rows["train_loss"]
         good = np.flatnonzero(np.isfinite(loss) & (loss <= initial))
         if len(good):
             i = good[-1]
@@ -278,33 +322,31 @@ def onset(records: Records, trial: pd.Series, initial: float) -> Onset:
             first_bad = float(steps[min(i + 1, len(steps) - 1)])
         else:
             last_healthy, first_bad = math.nan, float(steps[0])
-    points = healthy_points(records, trial, initial, last_healthy, first_bad)
-    if len(points):
-        row = points.iloc[-1]
-        step = float(row["step"])
-        index = _float(row.get("feature_updates"))
+    points = _healthy(records, trial, initial, last_healthy, first_bad)
+    if len(points["step"]):
+        step = float(points["step"][-1])
+        index = _last(points, "feature_updates")
         # a record counts the updates made before its step; a phase row is the j-th update
-        at_bad = rows[rows["step"].astype(float) == first_bad] if len(rows) else rows
-        made = _float(at_bad["feature_updates"].iloc[-1]) if len(at_bad) else math.nan
-        later = records.rows("phases", trial)
-        later = later[
-            (later["step"].astype(float) > step) & (later["step"].astype(float) < first_bad)
-        ]
-        if len(later):  # measured, with its linear model already past the bar: began before it
-            made = _float(later["feature_updates"].iloc[0]) - 1
+        made = _last(_where(rows, steps == first_bad), "feature_updates")
+        later = records.columns("phases", trial)
+        later = _where(later, (later["step"] > step) & (later["step"] < first_bad))
+        if len(later["step"]):  # measured, its linear model already past the bar: began before
+            made = (
+                float(later["feature_updates"][0]) - 1 if "feature_updates" in later else math.nan
+            )
         missed = int(made - index) if np.isfinite(made) and np.isfinite(index) else 0
-        return Onset(last_healthy, first_bad, step, _float(row.get(LR_SHARPNESS)),
-                     _float(row.get(LIN_GAP)) if step > 0 else math.nan, step == 0, "phases",
+        return Onset(last_healthy, first_bad, step, _last(points, LR_SHARPNESS),
+                     _last(points, LIN_GAP) if step > 0 else math.nan, step == 0, "phases",
                      max(missed, 0))  # fmt: skip
-    before = rows[rows["step"].astype(float) <= last_healthy] if len(rows) else rows
-    ls = series(records, trial, (LR_SHARPNESS,), ("metrics",))
-    gaps = series(records, trial, (LIN_GAP,), ("metrics",))
-    ls, gaps = ls[ls["step"] <= last_healthy], gaps[gaps["step"] <= last_healthy]
-    updates = _float(before["feature_updates"].iloc[-1]) if len(before) else math.nan
+    before = _where(rows, steps <= last_healthy)
+    ls_steps, ls = _series(records, trial, (LR_SHARPNESS,), ("metrics",))
+    gap_steps, gaps = _series(records, trial, (LIN_GAP,), ("metrics",))
+    ls, gaps = ls[ls_steps <= last_healthy], gaps[gap_steps <= last_healthy]
+    updates = _last(before, "feature_updates")
     no_gap = updates == 0 or math.isinf(_float(trial.get("K", math.nan)))
-    return Onset(last_healthy, first_bad, float(before["step"].iloc[-1]) if len(before) else math.nan,
-                 float(ls["value"].iloc[-1]) if len(ls) else math.nan,
-                 float(gaps["value"].iloc[-1]) if len(gaps) else math.nan, no_gap, "records")  # fmt: skip
+    return Onset(last_healthy, first_bad, _last(before, "step"),
+                 float(ls[-1]) if len(ls) else math.nan,
+                 float(gaps[-1]) if len(gaps) else math.nan, no_gap, "records")  # fmt: skip
 
 
 def healthy_points(records: Records, trial: pd.Series, initial: float, last_healthy: float,
@@ -312,18 +354,21 @@ def healthy_points(records: Records, trial: pd.Series, initial: float, last_heal
     """The trial's phase rows at linearisation points set before its divergence began: before
     the first unhealthy record (an update at its step comes after the loss it records), with the
     linear model still healthy (its loss before the update at most the initial training loss;
-    the initial point always)."""
-    rows = records.rows("phases", trial)
-    if rows.empty:
-        return rows
-    steps = rows["step"].astype(float)
+    the initial point always). The columns a stability reading uses, as numbers."""
+    return pd.DataFrame(_healthy(records, trial, initial, last_healthy, first_bad))
+
+
+def _healthy(records: Records, trial: pd.Series, initial: float, last_healthy: float,
+             first_bad: float) -> Columns:  # fmt: skip
+    rows = records.columns("phases", trial)
+    steps = rows["step"]
     keep = (steps < first_bad) | (steps == 0) if np.isfinite(first_bad) else steps == steps
     if "loss_before" in rows and np.isfinite(initial):
-        before = pd.to_numeric(rows["loss_before"], errors="coerce").astype(float)
+        before = rows["loss_before"]
         keep &= (steps == 0) | (np.isfinite(before) & (before <= initial))
     elif np.isfinite(last_healthy):
         keep &= steps <= last_healthy
-    return rows[keep]
+    return _where(rows, keep)
 
 
 def trial_stability(
@@ -340,21 +385,22 @@ def trial_stability(
     for _, trial in t.iterrows():
         initial = initial_loss(records, trial)
         start = onset(records, trial, initial)
-        points = healthy_points(records, trial, initial, start.last_healthy, start.first_bad)
+        points = _healthy(records, trial, initial, start.last_healthy, start.first_bad)
         end = start.last_healthy
-        ls_all = pd.concat([_upto(series(records, trial, (LR_SHARPNESS_MAX, LR_SHARPNESS),
-                                         ("metrics",)), end),
-                            _finite(points, LR_SHARPNESS) if LR_SHARPNESS in points else None])  # fmt: skip
-        sharp = pd.concat([_upto(series(records, trial, (SHARPNESS,), ("metrics",)), end),
-                           _finite(points, SHARPNESS) if SHARPNESS in points else None])  # fmt: skip
-        if LIN_GAP in points and np.isfinite(_numeric(points[LIN_GAP])).any():
-            gaps = _finite(points, LIN_GAP)
+        ls_steps, ls = _joined(
+            _upto(_series(records, trial, (LR_SHARPNESS_MAX, LR_SHARPNESS), ("metrics",)), end),
+            _finite(points, LR_SHARPNESS) if LR_SHARPNESS in points else None,
+        )
+        _, sharp = _joined(_upto(_series(records, trial, (SHARPNESS,), ("metrics",)), end),
+                           _finite(points, SHARPNESS) if SHARPNESS in points else None)  # fmt: skip
+        if LIN_GAP in points and np.isfinite(points[LIN_GAP]).any():
+            _, gaps = _finite(points, LIN_GAP)
         else:
-            gaps = _upto(gap_series(records, trial), end)
+            _, gaps = _upto(_gap_series(records, trial), end)
         diverged = trial["exclusion"] == "diverged"
-        max_ls = float(ls_all["value"].max()) if len(ls_all) else math.nan
-        crossed = ls_all.loc[ls_all["value"] >= EDGE, "step"]
-        max_gap = float(gaps["value"].max()) if len(gaps) else math.nan
+        max_ls = float(ls.max()) if len(ls) else math.nan
+        crossed = ls_steps[ls >= EDGE]
+        max_gap = float(gaps.max()) if len(gaps) else math.nan
         row = {
             "study": trial["study"], "trial_id": trial["trial_id"],
             "group": group_label(trial, shown),
@@ -369,9 +415,9 @@ def trial_stability(
             "initial_train_loss": initial,
             "max_lr_sharpness": max_ls,
             "first_edge_step": float(crossed.min()) if len(crossed) else math.nan,
-            "max_sharpness": float(sharp["value"].max()) if len(sharp) else math.nan,
+            "max_sharpness": float(sharp.max()) if len(sharp) else math.nan,
             "max_lin_gap": max_gap,
-            "max_abs_lin_gap": float(gaps["value"].abs().max()) if len(gaps) else math.nan,
+            "max_abs_lin_gap": float(np.abs(gaps).max()) if len(gaps) else math.nan,
             "max_lin_gap_rel": max_gap / initial if initial > 0 else math.nan,
         }  # fmt: skip
         nan = math.nan
@@ -391,13 +437,16 @@ def trial_stability(
     return pd.DataFrame(rows)
 
 
-def _upto(frame: pd.DataFrame, step: float) -> pd.DataFrame:
-    """The (step, value) rows at or before `step` (none when it is NaN: no healthy record)."""
-    return frame[frame["step"] <= step] if np.isfinite(step) else frame.iloc[:0]
+def _upto(found: Steps, step: float) -> Steps:
+    """The (step, value) pairs at or before `step` (none when it is NaN: no healthy record)."""
+    keep = found[0] <= step if np.isfinite(step) else np.zeros(len(found[0]), dtype=bool)
+    return found[0][keep], found[1][keep]
 
 
-def _numeric(values: pd.Series) -> pd.Series:
-    return pd.to_numeric(values, errors="coerce").astype(float)
+def _joined(first: Steps, second: Steps | None) -> Steps:
+    if second is None:
+        return first
+    return np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1]])
 
 
 def _label_keys(trials: pd.DataFrame, keys: Iterable[str]) -> list[str]:

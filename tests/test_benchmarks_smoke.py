@@ -35,6 +35,7 @@ CPU_BENCHMARKS = {
     "adaptive_k": ["ratio adaptive / grid trials to the grid's width"],
     "adaptive_real": ["ratio adaptive / grid trials to the grid's width, real trials"],
     "report_load": ["ratio per-file read (thread pool, one conversion per file) / reports' reader"],
+    "report_stability": ["ratio per-trial stability reading, frames (9e246aa) / arrays"],
 }
 
 
