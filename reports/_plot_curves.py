@@ -109,13 +109,14 @@ def _draw(group: Group, panels, rows: pd.DataFrame, trials: pd.DataFrame, metric
     shown = t[t.set_index(["kind", "value"]).index.isin(panels)]
     plain = baselines(matching_plain(trials, group.key, running=True))
     first_step = _first_step(rows, shown, metric)
+    plain_curves = [_plain_curve(rows, frame, metric) for _, frame in plain]  # same in every panel
     for ax, (kind, value) in zip(axes.flat, panels, strict=False):
         members = shown[(shown["kind"] == kind) & (shown["value"] == value)]
         curves = members[members["outcome"].isin(["finished", "running"])]
         if len(curves):
             _draw_line(ax, rows, curves, metric, colours[kind, value], kind, value)
-        for j, (_, frame) in enumerate(plain):
-            _draw_plain(ax, rows, frame, metric, j)
+        for j, curve in enumerate(plain_curves):
+            _draw_plain(ax, curve, j)
         lost = members[members["outcome"] == "diverged"]
         mark_floor(ax, lost["last_step"].astype(float).fillna(0.0), DIVERGED_COLOUR)
         stopped = members[members["outcome"] == "stopped"]
@@ -210,12 +211,16 @@ def _update_steps(data: pd.DataFrame, trial: pd.Series, kind: str, value: float)
     return first.loc[grew, "step"].to_numpy(float)
 
 
-def _draw_plain(ax, rows: pd.DataFrame, frame: pd.DataFrame, metric: str, j: int) -> None:
+def _plain_curve(rows: pd.DataFrame, frame: pd.DataFrame, metric: str) -> pd.DataFrame | None:
+    """A plain-trainer baseline's mean curve over its seeds (None: nothing reported)."""
     keys = list(zip(frame["study"], frame["trial_id"], strict=True))
     data = rows.loc[rows.index.isin(keys)].dropna(subset=[metric])
-    if data.empty:
+    return None if data.empty else _mean_curve(data, metric)
+
+
+def _draw_plain(ax, curve: pd.DataFrame | None, j: int) -> None:
+    if curve is None:
         return
-    curve = _mean_curve(data, metric)
     ax.plot(curve.index, curve["mean"], color="0.45", linewidth=1.0,
             linestyle=PLAIN_STYLES[j % len(PLAIN_STYLES)])  # fmt: skip
 
