@@ -126,12 +126,10 @@ def make_study(root: Path, spec: Spec | None = None, **changes) -> Path:
     trials = []
     for config, final_acc, fate in _configs(spec, rng):
         trial_id = f"{spec.study}_{len(trials):05d}"
-        rows = _rows(spec, config, final_acc, fate, rng)
-        frame = pd.DataFrame(rows)
-        frame.insert(0, "trial_id", trial_id)
-        frame.insert(0, "study", spec.study)
-        write_parquet(frame, metrics_dir / f"{trial_id}.parquet", METRICS)
-        last = frame.iloc[-1].to_dict()
+        rows = [{"study": spec.study, "trial_id": trial_id, **row}
+                for row in _rows(spec, config, final_acc, fate, rng)]  # fmt: skip
+        write_parquet(pa.Table.from_pylist(rows), metrics_dir / f"{trial_id}.parquet", METRICS)
+        last = dict(rows[-1])
         status = {"ok": "TERMINATED", "running": "RUNNING"}.get(fate, fate.upper())
         if fate == "stopped":
             status = "STOPPED"
@@ -143,10 +141,12 @@ def make_study(root: Path, spec: Spec | None = None, **changes) -> Path:
     return study_dir
 
 
-def write_parquet(frame: pd.DataFrame, path: Path, schema: pa.Schema) -> None:
+def write_parquet(frame: pd.DataFrame | pa.Table, path: Path, schema: pa.Schema) -> None:
     """`frame` as Parquet, each column with `schema`'s field metadata (its role) and the file
     with `schema`'s metadata (the layout version); a column `schema` lacks is an error."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = (
+        frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    )
     extra = [name for name in table.column_names if name not in schema.names]
     if extra:
         raise KeyError(f"{extra[0]!r} is no column of the results layout")
