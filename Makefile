@@ -7,6 +7,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SPACE  ?= k_sweep
 
+# pytest rewrites the asserts of every test module in each of its processes, and caches the
+# result beside the source only when Python may write bytecode (__pycache__ is git-ignored).
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: setup study test test-fast lint report clean
 
 $(VENV)/.installed: pyproject.toml
