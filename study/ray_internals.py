@@ -218,3 +218,26 @@ def point_at_checkpoint(metadata_json: str, name: str | None, iteration: int) ->
         manager._checkpoint_results = [result]
     metadata["checkpoint_manager"]["value"] = cloudpickle.dumps(manager).hex()
     return json.dumps(metadata, indent=2)
+
+
+def skip_callback_usage_count() -> None:
+    """Do not let Tune count a run's callbacks for Ray's usage statistics when those are off.
+
+    `tune.run` calls `ray.air._internal.usage.tag_callbacks` whenever it is given callbacks
+    (a study always is), and that imports Ray's MLflow, W&B and Comet integrations to name the
+    built-in ones: with the trackers extra installed, mlflow and wandb themselves, in every
+    driver, though no tracker was asked for and the count is sent nowhere when usage
+    statistics are off (ilstudy turns them off unless the user turned them on). Only then is
+    the call replaced. Idempotent; a no-op where the names are missing.
+    """
+    try:
+        from ray._common.usage.usage_lib import usage_stats_enabled
+        from ray.air._internal import usage
+    except ImportError:
+        return
+    if not usage_stats_enabled() and hasattr(usage, "tag_callbacks"):
+        usage.tag_callbacks = _no_usage_tag
+
+
+def _no_usage_tag(callbacks: object) -> bool:
+    return False  # what tag_callbacks returns when it records nothing

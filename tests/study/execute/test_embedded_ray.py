@@ -63,3 +63,27 @@ def test_embedded_ray_prestarts_no_workers_and_stops_its_monitor_first():
     assert alive.pop(seen["monitor"]) == [False]
     assert alive and all(all(flags) for flags in alive.values()), alive  # only the monitor
     assert seen["left"] == []
+
+
+def test_a_study_without_trackers_imports_no_tracker_package(tmp_path: Path):
+    """Tune counts a run's callbacks for Ray's usage statistics by importing Ray's MLflow and
+    W&B integrations (mlflow and wandb themselves, with the trackers extra installed). With
+    usage statistics off, as the CLI sets them, the driver no longer imports them."""
+    code = textwrap.dedent(
+        f"""
+        import runpy, sys
+        sys.argv = ["study.run", "--space", "smoke", "--storage", {str(tmp_path)!r}]
+        try:
+            runpy.run_module("study.run", run_name="__main__")
+        except SystemExit as exc:
+            assert not exc.code, exc.code
+        print(sorted({{"mlflow", "wandb", "comet_ml"}} & set(sys.modules)))
+        """
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_USAGE_STATS_ENABLED")
+    }
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=110)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
