@@ -15,6 +15,7 @@ from benchmarks import (
     gn_solvers,
     measure_cost,
     report_load,
+    report_stability,
     stability_cost,
     step_cost,
 )
@@ -28,6 +29,7 @@ SMOKE = {
     "adaptive_k": adaptive_k.main,
     "adaptive_real": adaptive_real.main,
     "report_load": report_load.main,
+    "report_stability": report_stability.main,
 }
 
 
