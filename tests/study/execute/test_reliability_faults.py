@@ -379,40 +379,55 @@ def _resume_to_the_end(storage: Path, tmp_path: Path, address: str) -> pd.DataFr
     return metrics
 
 
+FAULTS = [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only"),
+          (errno.EACCES, "permission denied")]  # fmt: skip
+
+
+def _metric_writes(experiment: Path) -> dict[str, int]:
+    """Each metrics file's modification time: a change is a write."""
+    out = {}
+    for file in (experiment / "results" / "metrics").glob("*.parquet"):
+        with contextlib.suppress(OSError):
+            out[file.name] = file.stat().st_mtime_ns
+    return out
+
+
 @pytest.mark.timeout(1200)
-@pytest.mark.parametrize(
-    ("code", "cause"),
-    [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only"),
-     (errno.EACCES, "permission denied")],
-)  # fmt: skip
-def test_a_storage_fault_mid_study_is_one_line_and_the_resume_loses_nothing(
-    ray_session: Any, unbroken: pd.DataFrame, storage: Path, tmp_path: Path, code: int, cause: str
+def test_storage_faults_mid_study_are_one_line_each_and_the_resumes_lose_nothing(
+    ray_session: Any, unbroken: pd.DataFrame, storage: Path, tmp_path: Path
 ) -> None:
     """Before, a full disk printed 40 lines of Ray's and Tune's tracebacks and a read-only
-    folder 91. Now: exit 2, one line naming the path and the cause; the lock is gone; once
-    the storage is writable again a resume ends with every row of an unbroken run."""
-    site, flag = tmp_path / "site", tmp_path / "storage-broken"
+    folder 91. One study meets a full disk, then (resumed) a read-only folder, then (resumed
+    again) a forbidden one, each at the first metrics write of its run: each time exit 2, one
+    line naming the path and the cause, the lock gone. Once the storage is writable again a
+    last resume ends with every row of an unbroken run."""
+    site, flag, experiment = tmp_path / "site", tmp_path / "storage-broken", storage / "smoke"
     site.mkdir()
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-    env = {"PYTHONPATH": f"{site}{os.pathsep}{REPO}", "ILSTUDY_FAULT_ROOT": str(storage),
-           "ILSTUDY_FAULT_FLAG": str(flag), "ILSTUDY_FAULT_ERRNO": str(code)}  # fmt: skip
-    log, experiment = tmp_path / "driver.log", storage / "smoke"
-    driver = _cli(["--space", "smoke", "--storage", str(storage), *LONG], log, env)
-    try:
-        _wait_for(lambda: _some_metrics(experiment), driver, log, "a first metrics file")
-        flag.touch()  # the storage breaks mid-study
-        driver.wait(timeout=180)
-    finally:
-        _kill_group(driver)
-    lines = _stderr_lines(log)
-    assert driver.returncode == 2, (lines, log.read_text()[-2000:])
-    assert len(lines) == 1, lines
-    assert lines[0].startswith(f"error: cannot write {experiment}/"), lines
-    assert os.strerror(code) in lines[0] and cause in lines[0], lines
-    assert "--resume --name smoke" in lines[0]
-    assert not (experiment / "study.lock").exists() and not list(experiment.glob("*.lock"))
+    for run, (code, cause) in enumerate(FAULTS):
+        env = {"PYTHONPATH": f"{site}{os.pathsep}{REPO}", "ILSTUDY_FAULT_ROOT": str(storage),
+               "ILSTUDY_FAULT_FLAG": str(flag), "ILSTUDY_FAULT_ERRNO": str(code)}  # fmt: skip
+        log = tmp_path / f"driver{run}.log"
+        argv = (["--space", "smoke", "--storage", str(storage), *LONG] if run == 0 else
+                ["--resume", "--name", "smoke", "--storage", str(storage)])  # fmt: skip
+        before = _metric_writes(experiment) if run else {}
+        driver = _cli(argv, log, env)
+        try:
+            written = lambda before=before: _metric_writes(experiment) not in ({}, before)  # noqa: E731
+            _wait_for(written, driver, log, f"a metrics write before {cause}")
+            flag.touch()  # the storage breaks mid-study
+            driver.wait(timeout=180)
+        finally:
+            _kill_group(driver)
+        lines = _stderr_lines(log)
+        assert driver.returncode == 2, (cause, lines, log.read_text()[-2000:])
+        assert len(lines) == 1, (cause, lines)
+        assert lines[0].startswith(f"error: cannot write {experiment}/"), lines
+        assert os.strerror(code) in lines[0] and cause in lines[0], lines
+        assert "--resume --name smoke" in lines[0]
+        assert not (experiment / "study.lock").exists() and not list(experiment.glob("*.lock"))
+        flag.unlink()  # the storage is fixed
 
-    flag.unlink()  # the storage is fixed
     address = ray_session.get_runtime_context().gcs_address
     metrics = _resume_to_the_end(storage, tmp_path, address)
     pd.testing.assert_frame_equal(_values(metrics), _values(unbroken))
