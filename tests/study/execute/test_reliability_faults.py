@@ -433,6 +433,16 @@ def test_storage_faults_mid_study_are_one_line_each_and_the_resumes_lose_nothing
     pd.testing.assert_frame_equal(_values(metrics), _values(unbroken))
 
 
+def _remove_live(folder: Path, within_s: float = 60) -> None:
+    """`rm -rf` of a folder the running study still writes into, again until it is gone: a
+    file written between rmtree's listing of a folder and its rmdir leaves that one non-empty
+    (ENOTEMPTY), as it would for `rm -rf`."""
+    deadline = time.time() + within_s
+    while folder.exists():
+        assert time.time() < deadline, f"{folder} kept coming back"
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.timeout(600)
 def test_a_study_folder_that_vanishes_mid_study_is_one_line(
     ray_session: Any, storage: Path, tmp_path: Path
@@ -441,7 +451,7 @@ def test_a_study_folder_that_vanishes_mid_study_is_one_line(
     driver = _cli(["--space", "smoke", "--storage", str(storage), *LONG], log)
     try:
         _wait_for(lambda: _some_metrics(experiment), driver, log, "a first metrics file")
-        shutil.rmtree(experiment)
+        _remove_live(experiment)
         driver.wait(timeout=180)
     finally:
         _kill_group(driver)
