@@ -322,7 +322,7 @@ def onset(records: Records, trial: pd.Series, initial: float) -> Onset:
             first_bad = float(steps[min(i + 1, len(steps) - 1)])
         else:
             last_healthy, first_bad = math.nan, float(steps[0])
-    points = _healthy(records, trial, initial, last_healthy, first_bad)
+    points = healthy_points(records, trial, initial, last_healthy, first_bad)
     if len(points["step"]):
         step = float(points["step"][-1])
         index = _last(points, "feature_updates")
@@ -350,16 +350,11 @@ def onset(records: Records, trial: pd.Series, initial: float) -> Onset:
 
 
 def healthy_points(records: Records, trial: pd.Series, initial: float, last_healthy: float,
-                   first_bad: float) -> pd.DataFrame:  # fmt: skip
+                   first_bad: float) -> Columns:  # fmt: skip
     """The trial's phase rows at linearisation points set before its divergence began: before
     the first unhealthy record (an update at its step comes after the loss it records), with the
     linear model still healthy (its loss before the update at most the initial training loss;
-    the initial point always). The columns a stability reading uses, as numbers."""
-    return pd.DataFrame(_healthy(records, trial, initial, last_healthy, first_bad))
-
-
-def _healthy(records: Records, trial: pd.Series, initial: float, last_healthy: float,
-             first_bad: float) -> Columns:  # fmt: skip
+    the initial point always)."""
     rows = records.columns("phases", trial)
     steps = rows["step"]
     keep = (steps < first_bad) | (steps == 0) if np.isfinite(first_bad) else steps == steps
@@ -385,7 +380,7 @@ def trial_stability(
     for _, trial in t.iterrows():
         initial = initial_loss(records, trial)
         start = onset(records, trial, initial)
-        points = _healthy(records, trial, initial, start.last_healthy, start.first_bad)
+        points = healthy_points(records, trial, initial, start.last_healthy, start.first_bad)
         end = start.last_healthy
         ls_steps, ls = _joined(
             _upto(_series(records, trial, (LR_SHARPNESS_MAX, LR_SHARPNESS), ("metrics",)), end),

@@ -350,10 +350,6 @@ def _wait_for(condition: Any, process: subprocess.Popen, log: Path, what: str) -
         time.sleep(0.05)
 
 
-def _some_metrics(experiment: Path) -> bool:
-    return any((experiment / "results" / "metrics").glob("*.parquet"))
-
-
 @pytest.fixture(scope="module")
 def unbroken(ray_session: Any, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """The long smoke study run once without a fault, in this process: the reference."""
@@ -450,7 +446,7 @@ def test_a_study_folder_that_vanishes_mid_study_is_one_line(
     log, experiment = tmp_path / "driver.log", storage / "smoke"
     driver = _cli(["--space", "smoke", "--storage", str(storage), *LONG], log)
     try:
-        _wait_for(lambda: _some_metrics(experiment), driver, log, "a first metrics file")
+        _wait_for(lambda: bool(_metric_writes(experiment)), driver, log, "a first metrics file")
         _remove_live(experiment)
         driver.wait(timeout=180)
     finally:
