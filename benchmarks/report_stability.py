@@ -29,7 +29,7 @@ import torch
 
 from benchmarks import _common as C
 
-BEFORE = "9e246aa"  # the last commit with the frame-based reading
+BEFORE = "9e246aa"  # the baseline: reports._stability as it read frames, loaded from git
 ROOT = Path(__file__).resolve().parent.parent
 
 
