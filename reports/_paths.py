@@ -201,12 +201,13 @@ def read_table(file: Place) -> pa.Table:
     Never hand Arrow a Python-owned buffer (``io.BytesIO``, ``bytes``): a reader thread that
     frees one needs the GIL, and during interpreter exit that aborts the process. A study's
     files are one small file per trial: decoding each on this thread is faster than handing
-    its few column chunks to Arrow's thread pool.
+    its few column chunks to Arrow's thread pool, and ``ParquetFile`` reads one file without the
+    dataset machinery that ``pq.read_table`` builds around it for every call.
     """
     try:
         with file.fs.open_input_file(file.path) as f:
             data = f.read_buffer()
-        return pq.read_table(pa.BufferReader(data), use_threads=False)
+        return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise ReportError(f"{file}: not a readable Parquet file ({_first_line(exc)})") from None
 

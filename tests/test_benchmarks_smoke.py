@@ -34,7 +34,10 @@ CPU_BENCHMARKS = {
     ],
     "adaptive_k": ["ratio adaptive / grid trials to the grid's width"],
     "adaptive_real": ["ratio adaptive / grid trials to the grid's width, real trials"],
-    "report_load": ["ratio per-file read (thread pool, one conversion per file) / reports' reader"],
+    "report_load": [
+        "ratio per-file read (thread pool, one conversion per file) / reports' reader",
+        "ratio decoding each trial file, pq.read_table / pq.ParquetFile.read",
+    ],
     "report_stability": ["ratio per-trial stability reading, frames (9e246aa) / arrays"],
 }
 

@@ -276,7 +276,15 @@ def read_parquet(fs: pafs.FileSystem, path: str, columns: Sequence[str] | None =
     """
     with fs.open_input_file(path) as f:
         data = f.read_buffer()
-    return pq.read_table(pa.BufferReader(data), columns=None if columns is None else list(columns))
+    # One file: ParquetFile skips the dataset that pq.read_table builds around it on every
+    # call. It returns no column for a name the file lacks, where read_table raised: so do we.
+    parquet = pq.ParquetFile(pa.BufferReader(data))
+    if columns is None:
+        return parquet.read()
+    missing = [c for c in columns if c not in parquet.schema_arrow.names]
+    if missing:
+        raise pa.ArrowInvalid(f"{path}: no column {missing[0]!r}")
+    return parquet.read(columns=list(columns))
 
 
 def write_json_atomic(fs: pafs.FileSystem, path: str, payload: dict[str, Any]) -> None:

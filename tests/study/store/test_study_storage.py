@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -76,6 +77,23 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
         write_parquet_atomic(fs, path, table([_row(0, 1.0), _row(10, 1.0)], METRICS_SCHEMA))
     assert pq.read_table(path).num_rows == 1
     assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]
+
+
+def test_read_parquet_gives_the_columns_asked_and_refuses_one_the_file_lacks(
+    tmp_path: Path,
+) -> None:
+    """Callers read `["step"]` and catch Arrow's errors: a missing column must raise, as
+    `pq.read_table` did, not come back as a table without it (what `ParquetFile.read` does)."""
+    fs = resolve_storage(str(tmp_path)).fs
+    path = str(tmp_path / "x.parquet")
+    written = table([_row(0, 1.0), _row(10, 0.5)], METRICS_SCHEMA)
+    write_parquet_atomic(fs, path, written)
+    assert storage_module.read_parquet(fs, path).equals(written)
+    steps = storage_module.read_parquet(fs, path, ["train_loss", "step"])
+    assert steps.column_names == ["train_loss", "step"]
+    assert steps.column("step").to_pylist() == [0, 10]
+    with pytest.raises(pa.ArrowInvalid, match="nope"):
+        storage_module.read_parquet(fs, path, ["step", "nope"])
 
 
 NODES = [{"NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1", "Alive": True, "Resources": {}},
