@@ -362,7 +362,8 @@ def _mark_duplicates(table: pd.DataFrame) -> pd.DataFrame:
             k = k.where(effective["trainer"].isin(["linearised", None]) | k.isna(), 1.0)
         effective["k"] = k
     # a key absent from older files is null there; str() keeps null apart from every value
-    signature = effective.astype(object).map(str).agg("\x1f".join, axis=1)
+    text = [effective[c].astype(object).map(str).tolist() for c in effective.columns]
+    signature = pd.Series(["\x1f".join(row) for row in zip(*text, strict=True)], index=table.index)
     rank = table["exclusion"].map(_KEEP_ORDER).fillna(len(_KEEP_ORDER))
     order = pd.DataFrame({"study": table["study"], "sig": signature, "rank": rank,
                           "id": table["trial_id"]}).sort_values(["study", "sig", "rank", "id"])  # fmt: skip
