@@ -241,3 +241,61 @@ def skip_callback_usage_count() -> None:
 
 def _no_usage_tag(callbacks: object) -> bool:
     return False  # what tag_callbacks returns when it records nothing
+
+
+# Names Tune's `TuneController.save_to_dir` uses, which `_save_to_dir_atomically` repeats: the
+# patch is applied only where Tune's method is built from the same parts.
+_SAVE_TO_DIR_NAMES = {"_get_trial_checkpoints", "__getstate__", "_start_time", "_storage",
+                      "experiment_driver_staging_path", "experiment_state_file_name", "dump",
+                      "_search_alg", "_callbacks", "save_to_dir", "_session_str"}  # fmt: skip
+
+
+def write_snapshots_atomically() -> None:
+    """Make Tune write each experiment snapshot into its staging folder in one step.
+
+    Tune's `TuneController.save_to_dir` rewrites `experiment_state-<session>.json` in place
+    (`open(path, "w")`, then `json.dump`) in the driver's local staging folder, while the
+    upload it launched at the previous snapshot may still be copying that folder to storage
+    on a background thread: Tune writes before it checks whether the last upload is done. The
+    upload can then read the file empty or half-written and store it over the good snapshot;
+    a driver killed before the next upload leaves a study that cannot be resumed (seen on S3:
+    an empty object after a SIGKILL). Here the snapshot is written beside the staging folder
+    and renamed into it, so an upload reads the old snapshot or the new one, whole.
+    Idempotent; a no-op where Tune's method is not built as this one expects.
+    """
+    try:
+        from ray.tune.execution.tune_controller import TuneController
+    except ImportError:
+        return
+    original = TuneController.save_to_dir
+    if original is _save_to_dir_atomically:
+        return
+    names = set(getattr(getattr(original, "__code__", None), "co_names", ()))
+    if names >= _SAVE_TO_DIR_NAMES:
+        _save_to_dir_atomically.tune_original = original  # type: ignore[attr-defined]
+        TuneController.save_to_dir = _save_to_dir_atomically
+
+
+def _save_to_dir_atomically(self: Any) -> None:
+    """`TuneController.save_to_dir` (Ray 2.50-2.60), its snapshot renamed into place."""
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    runner_state = {
+        "trial_data": list(self._get_trial_checkpoints().values()),
+        "runner_data": self.__getstate__(),
+        "stats": {"start_time": self._start_time},
+    }
+    staging = self._storage.experiment_driver_staging_path
+    os.makedirs(staging, exist_ok=True)
+    name = self.experiment_state_file_name
+    # outside the folder the upload copies, on the same filesystem (a rename, not a copy)
+    temporary = os.path.join(os.path.dirname(staging), f".{name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w") as f:
+            json.dump(runner_state, f, cls=TuneFunctionEncoder)
+        os.replace(temporary, os.path.join(staging, name))
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    self._search_alg.save_to_dir(staging, session_str=self._session_str)
+    self._callbacks.save_to_dir(staging, session_str=self._session_str)

@@ -19,7 +19,7 @@ from study.execute.trainable import AdapterSettings, make_trainable
 from study.execute.writer import TrialsWriter
 from study.plan import Plan, StudySpec
 from study.plan.schedulers import STATE_FILE
-from study.ray_internals import skip_callback_usage_count
+from study.ray_internals import skip_callback_usage_count, write_snapshots_atomically
 from study.store.fs import StudyPaths
 
 
@@ -64,6 +64,7 @@ def build_tuner(
 ) -> tune.Tuner:
     """A fresh Tuner that writes Tune's experiment into `<storage>/<name>/`."""
     skip_callback_usage_count()
+    write_snapshots_atomically()
     local_dir = paths.experiment if paths.storage.is_local else None
     trackers = tracker_callbacks(spec.trackers, paths.name, local_dir)
     scheduler = make_scheduler(
@@ -130,6 +131,7 @@ def restore_tuner(spec: StudySpec, paths: StudyPaths, retry_errored: bool) -> tu
     the scheduler it pickled at the start: that one reloads its races from the study's folder.
     """
     skip_callback_usage_count()
+    write_snapshots_atomically()
     if spec.scheduler != "fifo":
         bind_state(paths.name, (paths.storage.fs, f"{paths.experiment}/{STATE_FILE}"))
     return tune.Tuner.restore(
