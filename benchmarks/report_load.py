@@ -31,11 +31,7 @@ from benchmarks import _common as C
 
 def _per_file(files: list) -> pd.DataFrame:
     """The reader before: Arrow's thread pool per file, one pandas conversion per file."""
-    frames = []
-    for file in files:
-        with file.fs.open_input_file(file.path) as f:
-            data = f.read_buffer()
-        frames.append(pq.read_table(pa.BufferReader(data)).to_pandas())
+    frames = [table.to_pandas() for table in _decode_each(files, pq.read_table)]
     return pd.concat(frames, ignore_index=True, sort=False)
 
 
